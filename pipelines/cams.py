@@ -1,0 +1,83 @@
+"""Stage ``cams``: multi-scale + flip CAMs for every split, and their threshold-sweep mIoU.
+
+Outputs ``outputs/cams/<id>.npz`` (present classes only, float16), ``metrics/cams.json`` (best
+background threshold and mIoU on ``cams.eval_split``, plus the train split as WSSS papers
+report), ``plots/cams_threshold.csv`` and an overlay grid.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import mlflow
+
+from pipelines.common import main, stage
+from pnoc.cam.export import evaluate_cams, export_cams
+from pnoc.cam.inference import cam_overlay_grid, load_cam_npz
+from pnoc.cam.training import load_cam_model
+from pnoc.data.factory import open_dataset
+from pnoc.io import atomic_path, write_json, write_text
+
+MODEL = Path("models/cam.pt")
+OUT = Path("outputs/cams")
+METRICS = Path("metrics/cams.json")
+CURVE = Path("plots/cams_threshold.csv")
+GRID = Path("plots/cams_overlay.png")
+
+
+def run() -> None:
+    with stage("cams", ["base", "data", "cams"]) as ctx:
+        p = ctx.params
+        model = load_cam_model(MODEL, ctx.device)
+        datasets = {split: open_dataset(p.data, split) for split in p.cams.splits}
+        with atomic_path(OUT) as tmp:
+            for split, dataset in datasets.items():
+                n = export_cams(
+                    model,
+                    dataset,
+                    tmp,
+                    scales=p.cams.scales,
+                    flip=p.cams.flip,
+                    device=ctx.device,
+                    progress=p.base.progress,
+                )
+                print(f"wrote CAMs of {n} {split} images")
+        thresholds = p.cams.thresholds.values()
+        report: dict = {}
+        rows = []
+        for split, dataset in datasets.items():
+            sweep = evaluate_cams(dataset, OUT, thresholds)
+            report[split] = sweep.to_dict(dataset.class_names)
+            mlflow.log_metrics(
+                {f"{split}.miou": sweep.best_miou, f"{split}.best_threshold": sweep.best_threshold}
+            )
+            rows += [{"split": split, **r} for r in sweep.to_rows()]
+        evaluated = report[p.cams.eval_split] if p.cams.eval_split in report else None
+        if evaluated is not None:
+            report["miou"] = evaluated["miou"]
+            report["best_threshold"] = evaluated["best_threshold"]
+        write_json(METRICS, report)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=["split", "threshold", "miou"])
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(CURVE, buf.getvalue())
+
+        shown = datasets[p.cams.eval_split if p.cams.eval_split in datasets else p.cams.splits[0]]
+        images, maps, classes = [], [], []
+        for i in range(min(6, len(shown))):
+            image_id = shown.ids[i]
+            cams, cls = load_cam_npz(OUT / f"{image_id}.npz")
+            images.append(shown.load_image(image_id))
+            maps.append(cams.astype("float32"))
+            classes.append(cls)
+        cam_overlay_grid(images, maps, classes, shown.class_names, GRID)
+        for artifact in (METRICS, CURVE, GRID):
+            mlflow.log_artifact(str(artifact))
+        print(f"CAM mIoU ({p.cams.eval_split}): {report.get('miou')}")
+
+
+if __name__ == "__main__":
+    main(run)

@@ -1,0 +1,227 @@
+"""Typed, validated parameters: one frozen model per params.yaml section.
+
+The library receives these objects; it never reads params.yaml itself (``pipelines/`` does).
+Every model forbids unknown keys, so a typo stops the run before any work with an error that
+names the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pnoc.errors import ConfigError
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+NonNegFloat = Annotated[float, Field(ge=0.0)]
+Smoothing = Annotated[float, Field(ge=0.0, lt=1.0)]
+BackboneName = Literal["resnet18", "resnet34", "resnet50", "resnet101"]
+OutputStride = Literal[8, 16]
+
+
+SYNTHETIC_ROOT = Path("data/synthetic")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Ramp(Section):
+    """A weight that moves linearly from ``start`` to ``end`` over the first ``until`` of training."""
+
+    start: NonNegFloat
+    end: NonNegFloat
+    until: Fraction = 1.0
+
+
+class BaseParams(Section):
+    seed: NonNegInt = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: NonNegInt = 0
+    amp: bool = True
+    progress: bool = True
+
+
+class SyntheticParams(Section):
+    train: PositiveInt = 800
+    val: PositiveInt = 200
+    classes: Annotated[int, Field(ge=1, le=20)] = 6
+    seed: NonNegInt = 0
+
+
+class DataParams(Section):
+    name: Literal["synthetic", "voc", "coco14"] = "synthetic"
+    root: Path = Path("data/synthetic")
+    image_size: Annotated[int, Field(ge=16, le=2048)] = 128
+    train_split: str = "train"
+    val_split: str = "val"
+    skip_bad: bool = False
+    synthetic: SyntheticParams = SyntheticParams()
+
+    @model_validator(mode="after")
+    def _real_data_exists(self) -> DataParams:
+        if self.name == "synthetic" and self.root != SYNTHETIC_ROOT:
+            raise ValueError(
+                f"data.root: the embedded dataset is generated at '{SYNTHETIC_ROOT}' "
+                f"(the 'generate' stage's output), got '{self.root}'"
+            )
+        # Real datasets are inputs, not outputs: a missing folder is a mistake to report now.
+        if self.name != "synthetic" and not self.root.is_dir():
+            raise ValueError(
+                f"data.root: dataset folder '{self.root}' does not exist "
+                f"(expected a {self.name} folder; see README 'Real data')"
+            )
+        return self
+
+
+class RandAugmentParams(Section):
+    n: NonNegInt = 2
+    m: Annotated[int, Field(ge=0, le=30)] = 10
+
+
+class ClassifierParams(Section):
+    """Shared by the ordinary classifier and the CAM generator."""
+
+    backbone: BackboneName = "resnet18"
+    weights: str | None = None
+    output_stride: OutputStride = 16
+    epochs: PositiveInt = 5
+    batch_size: PositiveInt = 16
+    lr: PositiveFloat = 0.1
+    weight_decay: NonNegFloat = 1e-4
+    label_smoothing: Smoothing = 0.1
+    scale_range: tuple[PositiveFloat, PositiveFloat] = (0.75, 1.25)
+    max_steps_per_epoch: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _ordered_scale_range(self) -> ClassifierParams:
+        lo, hi = self.scale_range
+        if lo > hi:
+            raise ValueError(f"scale_range: expected [low, high] with low <= high, got {lo}, {hi}")
+        return self
+
+
+class OCParams(ClassifierParams):
+    randaugment: RandAugmentParams = RandAugmentParams()
+
+
+class PuzzleParams(Section):
+    alpha: Ramp = Ramp(start=0.0, end=4.0, until=0.5)
+
+
+class OCCSEParams(Section):
+    alpha: Ramp = Ramp(start=0.3, end=1.0, until=1.0)
+
+
+class PNOCParams(Section):
+    ow: Ramp = Ramp(start=0.0, end=1.0, until=1.0)
+    mask_threshold: Fraction = 0.2
+    lr_ratio: PositiveFloat = 1.0
+
+
+class CamParams(ClassifierParams):
+    method: Literal["vanilla", "puzzle", "occse", "poc", "pnoc"] = "pnoc"
+    puzzle: PuzzleParams = PuzzleParams()
+    occse: OCCSEParams = OCCSEParams()
+    pnoc: PNOCParams = PNOCParams()
+
+
+class ThresholdRange(Section):
+    start: Fraction = 0.05
+    stop: Fraction = 0.80
+    step: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ThresholdRange:
+        if self.start > self.stop:
+            raise ValueError(
+                f"thresholds: expected start <= stop, got start={self.start}, stop={self.stop}"
+            )
+        return self
+
+    def values(self) -> np.ndarray:
+        n = int(round((self.stop - self.start) / self.step)) + 1
+        return np.round(self.start + self.step * np.arange(n), 6)
+
+
+class CamsParams(Section):
+    scales: Annotated[list[PositiveFloat], Field(min_length=1)] = [0.5, 1.0, 1.5, 2.0]
+    flip: bool = True
+    splits: Annotated[list[str], Field(min_length=1)] = ["train", "val"]
+    thresholds: ThresholdRange = ThresholdRange()
+    eval_split: str = "val"
+
+
+class Params(Section):
+    """The whole params.yaml."""
+
+    base: BaseParams = BaseParams()
+    data: DataParams = DataParams()
+    oc: OCParams = OCParams()
+    cam: CamParams = CamParams()
+    cams: CamsParams = CamsParams()
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"{key}: unknown key (check the spelling; see params.yaml for the known keys)"
+    if err["type"] == "missing":
+        return f"{key}: required key is missing"
+    return f"{key}: {msg} (got {err.get('input')!r})" if key else msg
+
+
+def parse_params(raw: dict[str, Any] | None, source: str = "params.yaml") -> Params:
+    """Validate a params mapping; raise ConfigError naming every bad key and its allowed range."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_format_error(e) for e in exc.errors()]
+        raise ConfigError(f"{source}: invalid parameters:\n  " + "\n  ".join(lines)) from None
+
+
+def flatten(params: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested params to dotted keys (``cam.pnoc.ow.end``), as MLflow logs them."""
+    data = params.model_dump(mode="json") if isinstance(params, BaseModel) else params
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators from ``base.seed``."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+def resolve_device(device: str) -> str:
+    """Map ``auto`` to ``cuda`` when a GPU is visible, else ``cpu``; refuse cuda without one."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("base.device: 'cuda' requested but no CUDA device is available")
+    return device

@@ -1,0 +1,1 @@
+"""Datasets: VOC-layout reader, COCO 2014 reader, synthetic generator, transforms."""

@@ -1,0 +1,93 @@
+"""Checkpoint files and global RNG state, in a form ``torch.load(weights_only=True)`` accepts.
+
+``weights_only`` loading refuses arbitrary pickled objects (numpy arrays included), so RNG states
+are stored as tensors, lists and plain numbers and converted back on restore.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pnoc.io import save_torch
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "load_checkpoint",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
+
+log = logging.getLogger(__name__)
+
+#: Version of the dict ``fit`` saves; a checkpoint of another version is ignored.
+CHECKPOINT_FORMAT = 1
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG state (python ``random``, numpy legacy, torch CPU, all CUDA devices)."""
+    version, internal, gauss = random.getstate()
+    key, mt, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return {
+        "python": {"version": version, "state": list(internal), "gauss": gauss},
+        "numpy": {
+            "key": str(key),
+            "state": torch.from_numpy(mt.astype(np.int64)),  # uint32 → int64, lossless
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured (CUDA only when the device count matches)."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npst = state["numpy"]
+    np.random.set_state(
+        (
+            npst["key"],
+            npst["state"].numpy().astype(np.uint32),
+            npst["pos"],
+            npst["has_gauss"],
+            npst["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    cuda = state["cuda"]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    elif cuda:
+        log.warning("checkpoint holds CUDA RNG states for %d devices; not restored", len(cuda))
+
+
+def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
+    """Write ``state`` atomically (a killed process never leaves a truncated checkpoint)."""
+    save_torch(path, dict(state))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
+    """Read a checkpoint with ``weights_only=True`` onto the CPU; None (logged) if missing or
+    unreadable (e.g. written by an incompatible version)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file means: start fresh
+        log.warning("ignoring unreadable checkpoint %s (%s); starting fresh", path, exc)
+        return None
+    if not isinstance(state, dict):
+        log.warning("ignoring checkpoint %s: not a dict; starting fresh", path)
+        return None
+    return state

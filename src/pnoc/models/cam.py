@@ -1,0 +1,127 @@
+"""The CAM classifier: backbone -> 1×1 conv (no bias) -> K class activation maps.
+
+Logits are the global average of the maps (equivalently the 1×1 conv applied to pooled
+features), so the maps are exactly the class evidence the classifier scores with.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from pnoc.errors import ConfigError, PnocError
+from pnoc.models.backbones import ModelSpec, build_backbone, load_model_checkpoint
+
+ARCH = "camnet"
+
+
+class CAMNet(nn.Module):
+    """CAM network.
+
+    Args:
+        backbone_name: ``resnet18|resnet34|resnet50|resnet101``.
+        num_classes: K, the number of foreground classes (background is not a class here).
+        weights: backbone weights, see :func:`pnoc.models.backbones.build_backbone`.
+        output_stride: 8, 16 or 32.
+    """
+
+    def __init__(
+        self,
+        backbone_name: str,
+        num_classes: int,
+        *,
+        weights: str | None = None,
+        output_stride: int = 16,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ConfigError(f"num_classes: expected >= 1, got {num_classes}")
+        self.backbone = build_backbone(backbone_name, weights=weights, output_stride=output_stride)
+        self.classifier = nn.Conv2d(self.backbone.out_channels, num_classes, 1, bias=False)
+        nn.init.kaiming_normal_(self.classifier.weight)
+        self.num_classes = num_classes
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec(
+            arch=ARCH,
+            backbone=self.backbone.name,
+            num_classes=self.num_classes,
+            output_stride=self.backbone.output_stride,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, 3, H, W) normalised image -> class maps (B, K, ⌈H/os⌉, ⌈W/os⌉), pre-ReLU."""
+        return self.classifier(self.backbone(x)["out"])
+
+    @staticmethod
+    def logits(maps: Tensor) -> Tensor:
+        """Global average pooling of the maps: (B, K, h, w) -> (B, K)."""
+        return maps.mean((2, 3))
+
+    def forward_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x -> (logits (B, K), maps (B, K, h, w))."""
+        maps = self(x)
+        return self.logits(maps), maps
+
+    def param_groups(
+        self, lr_mult_head: float = 10.0, *, weight_decay: float | None = None
+    ) -> list[dict[str, Any]]:
+        """SGD parameter groups, the authors' way.
+
+        Backbone weights: ``lr_mult`` 1; backbone biases: 2; head weights: ``lr_mult_head``;
+        head biases: 2 × ``lr_mult_head`` (the head has no bias, so this group is usually absent).
+        "Biases" are parameters whose name ends in ``bias`` (conv and BatchNorm biases); they get
+        ``weight_decay`` 0, the other groups carry no ``weight_decay`` key (the optimizer's default
+        applies) unless ``weight_decay`` is given. Each group also has a ``name`` for logging.
+        Empty groups and frozen parameters (``requires_grad=False``) are left out.
+        """
+        buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {
+            (h, b): [] for h in (False, True) for b in (False, True)
+        }
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                buckets[(not name.startswith("backbone."), name.endswith("bias"))].append(param)
+        groups: list[dict[str, Any]] = []
+        for (head, bias), params in buckets.items():
+            if not params:
+                continue
+            mult = lr_mult_head if head else 1.0
+            group: dict[str, Any] = {
+                "name": f"{'head' if head else 'backbone'}_{'bias' if bias else 'weight'}",
+                "params": params,
+                "lr_mult": 2.0 * mult if bias else mult,
+            }
+            if bias:
+                group["weight_decay"] = 0.0
+            elif weight_decay is not None:
+                group["weight_decay"] = weight_decay
+            groups.append(group)
+        return groups
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, *, expected_backbone: str | None = None
+    ) -> CAMNet:
+        """Rebuild a CAMNet saved with :func:`pnoc.models.backbones.save_model` (on CPU)."""
+        state, meta = load_model_checkpoint(path, expected_backbone=expected_backbone)
+        spec = ModelSpec.from_meta(meta, path)
+        if spec.arch != ARCH:
+            raise PnocError(f"{path}: checkpoint holds a '{spec.arch}' model, expected '{ARCH}'")
+        model = cls(spec.backbone, spec.num_classes, output_stride=spec.output_stride)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise PnocError(f"{path}: state dict does not fit {spec} ({exc})") from exc
+        return model
+
+
+def copy_camnet(model: CAMNet) -> CAMNet:
+    """An independent copy (same spec, same weights, same device), e.g. the noc from the OC."""
+    return copy.deepcopy(model)
+
+
+__all__ = ["ARCH", "CAMNet", "copy_camnet"]

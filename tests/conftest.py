@@ -1,0 +1,86 @@
+"""Shared fixtures: the tiny params override and a throw-away DVC project using it."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture
+def tiny_params() -> dict[str, Any]:
+    """params.yaml with tests/tiny.yaml merged on top (a plain dict, to edit per test)."""
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    return deep_merge(base, yaml.safe_load((REPO / "tests" / "tiny.yaml").read_text()))
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point MLflow at a SQLite store under tmp_path for this test."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("PNOC_PIPELINE_ID", raising=False)
+    return uri
+
+
+class Project:
+    """A copy of the pipeline (dvc.yaml, code, tiny params) in its own folder."""
+
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self.root = root
+        self.env = env
+
+    def run(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            list(args), cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc
+
+    def dvc(self, *args: str, **kw: Any) -> subprocess.CompletedProcess:
+        return self.run(sys.executable, "-m", "dvc", *args, **kw)
+
+    def write_params(self, params: dict[str, Any]) -> None:
+        (self.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path, tiny_params: dict[str, Any], mlflow_store: str) -> Project:
+    root = tmp_path / "project"
+    root.mkdir()
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    for folder in ("src", "pipelines"):
+        shutil.copytree(
+            REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+        )
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env["MLFLOW_TRACKING_URI"] = mlflow_store
+    env.pop("PNOC_PIPELINE_ID", None)
+    project = Project(root, env)
+    project.write_params(tiny_params)
+    project.dvc("init", "--no-scm", "-q")
+    project.dvc("config", "core.analytics", "false")
+    return project

@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+
+from pnoc.config import Params, flatten, parse_params
+from pnoc.errors import ConfigError
+
+
+def test_defaults_and_params_yaml_parse(tiny_params):
+    assert isinstance(parse_params({}), Params)
+    params = parse_params(tiny_params)
+    assert params.data.synthetic.classes == 3
+    assert params.cam.pnoc.mask_threshold == 0.2
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ({"cam": {"lrr": 0.1}}, "cam.lrr: unknown key"),
+        ({"cam": {"pnoc": {"mask_threshold": 1.5}}}, "cam.pnoc.mask_threshold"),
+        ({"oc": {"epochs": -1}}, "oc.epochs"),
+        ({"cams": {"thresholds": {"start": 0.9, "stop": 0.1}}}, "start <= stop"),
+        ({"base": {"device": "tpu"}}, "base.device"),
+        ({"data": {"synthetic": {"classes": 0}}}, "data.synthetic.classes"),
+        ({"cam": {"method": "magic"}}, "cam.method"),
+    ],
+)
+def test_bad_values_name_the_key(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        parse_params(override, source="params.yaml")
+    assert fragment in str(err.value)
+    assert "params.yaml" in str(err.value)
+
+
+def test_range_is_stated():
+    with pytest.raises(ConfigError, match=r"less than or equal to 1"):
+        parse_params({"cam": {"pnoc": {"mask_threshold": 1.5}}})
+    with pytest.raises(ConfigError, match=r"greater than or equal to 1"):
+        parse_params({"oc": {"epochs": -1}})
+
+
+def test_missing_real_dataset_folder(tmp_path: Path):
+    missing = tmp_path / "VOC2012"
+    with pytest.raises(ConfigError, match="VOC2012' does not exist"):
+        parse_params({"data": {"name": "voc", "root": str(missing)}})
+    missing.mkdir()
+    assert parse_params({"data": {"name": "voc", "root": str(missing)}}).data.root == missing
+
+
+def test_synthetic_root_is_fixed():
+    with pytest.raises(ConfigError, match="data/synthetic"):
+        parse_params({"data": {"root": "elsewhere"}})
+
+
+def test_threshold_values_and_flatten():
+    params = parse_params({})
+    values = params.cams.thresholds.values()
+    assert values[0] == pytest.approx(0.05) and values[-1] == pytest.approx(0.80)
+    assert len(values) == 16
+    flat = flatten(params)
+    assert flat["cam.pnoc.ow.end"] == 1.0
+    assert flat["data.synthetic.train"] == 800
+
+
+def test_params_are_frozen():
+    params = parse_params({})
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-instance error
+        params.base.seed = 3
