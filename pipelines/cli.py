@@ -66,6 +66,19 @@ def repro(
     )
 
 
+@app.command("ablate-cams")
+def ablate_cams_cmd(
+    methods: Annotated[list[str], typer.Option("--method", "-m")] = ["vanilla", "poc", "pnoc"],
+    seeds: Annotated[list[int], typer.Option("--seed", "-s")] = [0, 1],
+    params: Path = Path("params.yaml"),
+) -> None:
+    """Train vanilla, P-OC and P-NOC generators on the same data and print their CAM mIoU."""
+    from pipelines.ablate import format_table, run
+
+    report = run(methods, seeds, params)
+    typer.echo(format_table(report))
+
+
 @app.command("check-params")
 def check_params(path: Path = Path("params.yaml")) -> None:
     """Validate a params file and print it back with defaults filled in."""

@@ -24,7 +24,7 @@ PositiveFloat = Annotated[float, Field(gt=0.0)]
 NonNegFloat = Annotated[float, Field(ge=0.0)]
 Smoothing = Annotated[float, Field(ge=0.0, lt=1.0)]
 BackboneName = Literal["resnet18", "resnet34", "resnet50", "resnet101"]
-OutputStride = Literal[8, 16]
+OutputStride = Literal[8, 16, 32]
 
 
 SYNTHETIC_ROOT = Path("data/synthetic")

@@ -153,7 +153,7 @@ class ConfusionMatrix:
         self._matrix[:] = 0
 
     def iou(self) -> np.ndarray:
-        """(C,) float64 IoU per class; NaN for classes absent from both ground truth and prediction."""
+        """(C,) float64 IoU per class; NaN for a class absent from both gt and prediction."""
         return iou_from_confusion(self._matrix)
 
     def miou(self) -> float:
@@ -302,9 +302,7 @@ def cam_threshold_sweep(
             gt, n_fg, best_cls = gt[valid], n_fg[valid], best_cls[valid]
         _check_range(f"record {i} target", gt, num_classes)
         labelled += gt.size
-        hist += np.bincount(
-            n_fg * c2 + gt * num_classes + best_cls, minlength=(n_thr + 1) * c2
-        )
+        hist += np.bincount(n_fg * c2 + gt * num_classes + best_cls, minlength=(n_thr + 1) * c2)
     if labelled == 0:
         raise ValueError("no labelled pixel in the records: nothing to evaluate")
 

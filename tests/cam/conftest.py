@@ -52,8 +52,8 @@ class FakeContext:
         self.updates.append(
             Update(
                 optimizer,
-                float(loss),
-                {k: float(v) for k, v in (terms or {}).items()},
+                float(loss.detach()),
+                {k: float(v.detach()) for k, v in (terms or {}).items()},
                 before,
                 after,
             )
@@ -67,3 +67,12 @@ class FakeContext:
 @pytest.fixture
 def fake_context():
     return FakeContext
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP contention on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

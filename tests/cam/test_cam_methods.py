@@ -45,7 +45,10 @@ AP, AO, OW = Ramp(0.0, 4.0, 0.5), Ramp(0.3, 1.0, 1.0), Ramp(0.0, 1.0, 1.0)
         ("puzzle", {"loss", "cls", "pcls", "re", "alpha_p"}),
         ("occse", {"loss", "cls", "oc", "alpha_oc"}),
         ("poc", {"loss", "cls", "pcls", "re", "oc", "alpha_p", "alpha_oc"}),
-        ("pnoc", {"loss", "cls", "pcls", "re", "oc", "noc", "noc_loss", "alpha_p", "alpha_oc", "ow"}),
+        (
+            "pnoc",
+            {"loss", "cls", "pcls", "re", "oc", "noc", "noc_loss", "alpha_p", "alpha_oc", "ow"},
+        ),
     ],
 )
 def test_one_step_each_method(nets, fake_context, name: str, keys: set[str]) -> None:
@@ -150,3 +153,16 @@ def test_constructor_validation(nets) -> None:
     assert pnoc.modules()["noc"] is not oc  # the OC itself is left untouched
     groups = pnoc.param_groups()
     assert set(groups) == {"generator", "noc"}
+
+
+def test_pnoc_step_under_autocast(nets, fake_context) -> None:
+    """Mixed precision (bf16 on CPU here; the engine uses fp16 on CUDA): no dtype clashes."""
+    gen, oc = _fresh(nets)
+    method = build_method("pnoc", gen, oc=oc)
+
+    class AutocastContext(fake_context):
+        def autocast(self):
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    logs = method.train_step(_batch(), AutocastContext(method.modules()))
+    assert all(math.isfinite(v) for v in logs.values())

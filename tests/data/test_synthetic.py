@@ -218,3 +218,17 @@ def test_sample_grid(synthetic_root: Path, tmp_path: Path) -> None:
     with Image.open(out) as im:
         assert im.size == (4 * 64, 2 * 64)
     assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
+
+
+def test_marks_are_unique_per_class() -> None:
+    specs = {(m.colour, m.second, m.pattern) for m in map(synthetic._mark, range(20))}
+    assert len(specs) == 20
+
+
+def test_package_reexports() -> None:
+    import pnoc.data
+
+    assert pnoc.data.generate_synthetic is generate_synthetic
+    assert pnoc.data.VOCDataset is VOCDataset
+    with pytest.raises(AttributeError):
+        pnoc.data.nope  # noqa: B018

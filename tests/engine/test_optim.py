@@ -18,7 +18,9 @@ def test_split_decay_groups_weights_and_biases() -> None:
     groups = split_decay_groups(net, lr_mult=1.0)
     weights, biases = groups
     assert [p.shape for p in weights["params"]] == [
-        net[0].weight.shape, net[1].weight.shape, net[2].weight.shape,
+        net[0].weight.shape,
+        net[1].weight.shape,
+        net[2].weight.shape,
     ]  # BN scale stays with the weights (the authors split on the name)
     assert {id(p) for p in biases["params"]} == {id(net[0].bias), id(net[1].bias)}
     assert weights["lr_mult"] == 1.0 and "weight_decay" not in weights

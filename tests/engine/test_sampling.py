@@ -87,7 +87,5 @@ def test_loader_does_not_draw_from_the_global_torch_rng() -> None:
 def test_worker_count_does_not_change_the_batches() -> None:
     ds = KeyDataset(16)
     serial = _keys(make_loader(ds, batch_size=4, seed=3, epoch=0, collate_fn=list))
-    parallel = _keys(
-        make_loader(ds, batch_size=4, seed=3, epoch=0, num_workers=2, collate_fn=list)
-    )
+    parallel = _keys(make_loader(ds, batch_size=4, seed=3, epoch=0, num_workers=2, collate_fn=list))
     assert serial == parallel

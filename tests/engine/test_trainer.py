@@ -21,6 +21,7 @@ from pnoc.engine import (
     build_sgd,
     fit,
     load_checkpoint,
+    resolve_device,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -80,9 +81,7 @@ class Recorder(Callback):
     def on_step_end(self, ctx: TrainContext, metrics: dict[str, float]) -> None:
         self.steps.append({"step": ctx.step, "epoch": ctx.epoch, **metrics})
         if self.method is not None:
-            self.weights[ctx.step] = {
-                k: v.clone() for k, v in self.method.net.state_dict().items()
-            }
+            self.weights[ctx.step] = {k: v.clone() for k, v in self.method.net.state_dict().items()}
         if ctx.step == self.stop_at:
             raise KeyboardInterrupt  # an interruption fit() does not handle
 
@@ -164,8 +163,11 @@ def test_resume_after_interruption_and_fingerprint_mismatch(
     _fit(reference, epochs=2)
 
     with pytest.raises(KeyboardInterrupt):  # interrupted at step 5: last checkpoint at 4 done
-        _fit(LinearMethod(dropout=0.2), callbacks=[Recorder(stop_at=5)],
-             checkpoint=CheckpointConfig(path, every_steps=2, fingerprint="a"))
+        _fit(
+            LinearMethod(dropout=0.2),
+            callbacks=[Recorder(stop_at=5)],
+            checkpoint=CheckpointConfig(path, every_steps=2, fingerprint="a"),
+        )
     assert load_checkpoint(path)["global_step"] == 4
 
     caplog.set_level(logging.INFO, logger="pnoc.engine")
@@ -174,12 +176,16 @@ def test_resume_after_interruption_and_fingerprint_mismatch(
     assert "fingerprint" in caplog.text and not path.exists()
 
     with pytest.raises(KeyboardInterrupt):
-        _fit(LinearMethod(dropout=0.2), callbacks=[Recorder(stop_at=5)],
-             checkpoint=CheckpointConfig(path, every_steps=2, fingerprint="a"))
+        _fit(
+            LinearMethod(dropout=0.2),
+            callbacks=[Recorder(stop_at=5)],
+            checkpoint=CheckpointConfig(path, every_steps=2, fingerprint="a"),
+        )
     resumed_method = LinearMethod(dropout=0.2)
     torch.manual_seed(99)  # whatever the RNG state at start, the checkpoint's is restored
-    resumed = _fit(resumed_method, checkpoint=CheckpointConfig(path, every_steps=2,
-                                                               fingerprint="a"))
+    resumed = _fit(
+        resumed_method, checkpoint=CheckpointConfig(path, every_steps=2, fingerprint="a")
+    )
     assert resumed.resumed_from_step == 4 and "resumed from step 4" in caplog.text
     for p, q in zip(reference.net.parameters(), resumed_method.net.parameters(), strict=True):
         assert torch.equal(p, q)
@@ -189,8 +195,11 @@ def test_resume_after_interruption_and_fingerprint_mismatch(
 def test_layout_change_ignores_the_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "run.ckpt"
     with pytest.raises(KeyboardInterrupt):
-        _fit(LinearMethod(), callbacks=[Recorder(stop_at=2)],
-             checkpoint=CheckpointConfig(path, every_steps=1))
+        _fit(
+            LinearMethod(),
+            callbacks=[Recorder(stop_at=2)],
+            checkpoint=CheckpointConfig(path, every_steps=1),
+        )
     result = _fit(LinearMethod(), batch_size=2, checkpoint=CheckpointConfig(path))
     assert result.resumed_from_step is None
 
@@ -238,8 +247,15 @@ def test_two_optimizers_are_stepped_in_call_order() -> None:
     calls: list[str] = []
     _spy(gen_opt, "gen", calls)
     _spy(noc_opt, "noc", calls)
-    result = fit(m, RegressionData(), optimizers={"gen": gen_opt, "noc": noc_opt}, epochs=1,
-                 batch_size=4, seed=0, progress=False)
+    result = fit(
+        m,
+        RegressionData(),
+        optimizers={"gen": gen_opt, "noc": noc_opt},
+        epochs=1,
+        batch_size=4,
+        seed=0,
+        progress=False,
+    )
     assert calls == ["gen", "noc"] * result.steps
     assert all(g is None for grads in m.noc_grads_after_gen for g in grads)
     assert noc_opt.param_groups[0]["lr"] == 0.0  # both schedules ran to the end
@@ -254,8 +270,15 @@ def test_optimizer_not_updated_is_left_alone() -> None:
     noc_opt = build_sgd([{"params": m.noc.parameters()}], lr=0.1)
     calls: list[str] = []
     _spy(noc_opt, "noc", calls)
-    fit(m, RegressionData(), optimizers={"gen": gen_opt, "noc": noc_opt}, epochs=1,
-        batch_size=4, seed=0, progress=False)
+    fit(
+        m,
+        RegressionData(),
+        optimizers={"gen": gen_opt, "noc": noc_opt},
+        epochs=1,
+        batch_size=4,
+        seed=0,
+        progress=False,
+    )
     assert calls == []
     assert torch.equal(m.noc.weight.grad, sentinel)  # never zeroed by the engine
     assert all(torch.equal(p, q) for p, q in zip(before, m.noc.parameters(), strict=True))
@@ -321,3 +344,9 @@ def test_rng_state_survives_weights_only_loading(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path / "missing.ckpt") is None
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     assert load_checkpoint(tmp_path / "junk.ckpt") is None
+
+
+def test_resolve_device() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu") == torch.device("cpu")

@@ -116,11 +116,16 @@ def main(out_dir: Path, ckpt: Path) -> None:
         progress=False,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {f"{name}.{k}": v for name, m in method.modules().items()
-             for k, v in m.state_dict().items()}
+    state = {
+        f"{name}.{k}": v for name, m in method.modules().items() for k, v in m.state_dict().items()
+    }
     torch.save(state, out_dir / "final.pt")
-    summary = {"steps": result.steps, "epochs": result.epochs,
-               "resumed_from_step": result.resumed_from_step, "history": result.history}
+    summary = {
+        "steps": result.steps,
+        "epochs": result.epochs,
+        "resumed_from_step": result.resumed_from_step,
+        "history": result.history,
+    }
     (out_dir / "result.json").write_text(json.dumps(summary))
 
 

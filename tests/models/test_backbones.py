@@ -40,8 +40,9 @@ def test_dilation_matches_torchvision_bottleneck() -> None:
     bb.eval()
     x = torch.randn(1, 3, 48, 48)
     with torch.no_grad():
-        expected = ref.layer4(ref.layer3(ref.layer2(ref.layer1(
-            ref.maxpool(ref.relu(ref.bn1(ref.conv1(x))))))))
+        expected = ref.layer4(
+            ref.layer3(ref.layer2(ref.layer1(ref.maxpool(ref.relu(ref.bn1(ref.conv1(x)))))))
+        )
         torch.testing.assert_close(bb(x)["out"], expected)
 
 
@@ -111,8 +112,12 @@ def test_checkpoint_roundtrip_and_backbone_mismatch(tmp_path) -> None:
     save_model(path, model, {"stage": "train_cam", "epochs": 2})
     state, meta = load_model_checkpoint(path, expected_backbone="resnet18")
     assert meta == {
-        "arch": "camnet", "backbone": "resnet18", "num_classes": 3, "output_stride": 8,
-        "stage": "train_cam", "epochs": 2,
+        "arch": "camnet",
+        "backbone": "resnet18",
+        "num_classes": 3,
+        "output_stride": 8,
+        "stage": "train_cam",
+        "epochs": 2,
     }
     assert set(state) == set(model.state_dict())
     again = CAMNet.from_checkpoint(path)
@@ -124,5 +129,8 @@ def test_checkpoint_roundtrip_and_backbone_mismatch(tmp_path) -> None:
     assert "resnet50" in str(info.value) and "resnet18" in str(info.value)
     with pytest.raises(PnocError, match="not found"):
         load_model_checkpoint(tmp_path / "nope.pt")
+    # A pnoc checkpoint also serves as backbone weights (its head is ignored).
+    bb = build_backbone("resnet18", weights=str(path), output_stride=16)
+    torch.testing.assert_close(bb.layer2[0].conv1.weight, model.backbone.layer2[0].conv1.weight)
     with pytest.raises(PnocError, match="JSON"):
         save_model(tmp_path / "x.pt", model, {"bad": object()})

@@ -279,13 +279,14 @@ class PNOC(CAMMethod):
     Noc step: with the generator's *detached* mask M of the same sampled class r,
     x_noc = x·[M ≤ δ_noc] (the generator's most discriminant region erased) and
     L_noc = ow(t)·MLSM(noc(x_noc), ỹ) with all of the image's labels: the noc must still find
-    the classes without the region the generator relies on. The noc is in train mode, its
-    gradients are zeroed first, and the generator gets no gradient (x_noc is built from detached
-    tensors); optimizer ``"noc"``.
+    the classes without the region the generator relies on. The noc is in train mode and the
+    generator gets no gradient (x_noc is built from detached tensors); optimizer ``"noc"``.
 
     Difference from the authors' code: there the noc's weights also accumulate the generator
     step's gradient of α_oc·L_oc (never zeroed before the noc update). Here they do not: the
-    noc step uses only L_noc.
+    noc's weights take no gradient in the generator step, so its update uses L_noc only. (The
+    noc's gradients are not zeroed explicitly: with gradient accumulation that would discard the
+    earlier micro-batches' L_noc gradients; the engine zeroes them after each noc step.)
 
     ``noc`` should be initialised from the OC (e.g. :func:`pnoc.models.cam.copy_camnet`, or
     ``CAMNet.from_checkpoint(oc_path)``); its learning rate is the pipeline's business
@@ -307,7 +308,9 @@ class PNOC(CAMMethod):
         generator: torch.Generator | None = None,
     ) -> None:
         if not 0.0 <= mask_threshold <= 1.0:
-            raise ConfigError(f"mask_threshold: expected a fraction in [0, 1], got {mask_threshold}")
+            raise ConfigError(
+                f"mask_threshold: expected a fraction in [0, 1], got {mask_threshold}"
+            )
         if noc is model:
             raise ConfigError("the noc must be a separate network from the generator")
         super().__init__(
@@ -346,7 +349,6 @@ class PNOC(CAMMethod):
         ow = self.ow(ctx.progress)
         x_noc = hard_erase(x, out.mask.detach(), self.mask_threshold)
         self.noc.train()
-        self.noc.zero_grad(set_to_none=True)
         with ctx.autocast():
             noc_term = mlsm(gap(self.noc(x_noc)), out.targets)
             noc_loss = ow * noc_term

@@ -81,13 +81,15 @@ def train_cam_classifier(
         method_name, model, label_smoothing=cfg.label_smoothing, **method_kw
     )
     optimizers = {
-        "generator": build_sgd(model.param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        "generator": build_sgd(
+            model.param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay, nesterov=True
+        )
     }
     noc = method.modules().get("noc")
     if noc is not None:
         ratio = cfg.pnoc.lr_ratio  # type: ignore[attr-defined]
         optimizers["noc"] = build_sgd(
-            noc.param_groups(), lr=cfg.lr * ratio, weight_decay=cfg.weight_decay
+            noc.param_groups(), lr=cfg.lr * ratio, weight_decay=cfg.weight_decay, nesterov=True
         )
     result = fit(
         method,

@@ -220,12 +220,22 @@ class _Mark:
     pattern: int  # 0 solid, 1 stripes, 2 checker, 3 centre dot
 
 
+# Ten evenly spaced mark hues, ordered so that the first classes get far-apart hues.
+_MARK_HUES = (0, 6, 2, 8, 4, 1, 7, 3, 9, 5)
+
+
 @functools.cache
 def _mark(k: int) -> _Mark:
-    """Class ``k``'s mark: saturated hue (golden-ratio spacing), second colour and pattern."""
-    colour = _hsv(0.618034 * k, 1.0, 1.0 if k % 2 == 0 else 0.8)
+    """Class ``k``'s mark: a saturated hue, a pattern and a second colour, unique per class.
+
+    Classes k and k+10 share a hue but differ in pattern family (solid/dot vs stripes/checker),
+    and classes with neighbouring hues differ in pattern, so no two marks look alike even
+    under moderate hue jitter.
+    """
+    colour = _hsv(_MARK_HUES[k % 10] / 10, 1.0, 1.0)
     second = (25.0, 25.0, 25.0) if (k // 2) % 2 == 0 else (240.0, 240.0, 240.0)
-    return _Mark(colour=tuple(colour.tolist()), second=second, pattern=k % 4)
+    pattern = (0 if k % 2 == 0 else 3) if k < 10 else (1 if k % 2 == 0 else 2)
+    return _Mark(colour=tuple(colour.tolist()), second=second, pattern=pattern)
 
 
 def _render_texture(tex: _Texture, size: int, rng: np.random.Generator) -> np.ndarray:

@@ -84,7 +84,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file means: start fresh
+    except Exception as exc:  # any unreadable file means: start fresh
         log.warning("ignoring unreadable checkpoint %s (%s); starting fresh", path, exc)
         return None
     if not isinstance(state, dict):

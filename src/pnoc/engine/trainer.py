@@ -333,6 +333,11 @@ def fit(
 
     Batches are moved to ``device`` (tensors inside dicts, lists, tuples and named tuples).
     On success the checkpoint file is deleted: the caller writes the final model.
+
+    A resumed run continues with the data order, augmentation seeds, global RNG streams and
+    optimizer/schedule/scaler state of the interrupted one: on CPU it ends with exactly the
+    weights of an uninterrupted run; on CUDA, nondeterministic kernels may still make them
+    differ slightly.
     """
     return _Run(
         method,
@@ -434,14 +439,19 @@ class _Run:
         # Layout: micro-batches per epoch, then optimizer steps per epoch.
         self.batch_size = batch_size
         if n < batch_size:
-            log.info("dataset has %d samples < batch_size %d: one smaller batch per epoch",
-                     n, batch_size)
+            log.info(
+                "dataset has %d samples < batch_size %d: one smaller batch per epoch", n, batch_size
+            )
             micro_per_epoch, self.drop_last = 1, False
         else:
             micro_per_epoch, self.drop_last = n // batch_size, True
         if grad_accum > micro_per_epoch:
-            log.warning("grad_accum %d exceeds the %d micro-batches of an epoch; using %d",
-                        grad_accum, micro_per_epoch, micro_per_epoch)
+            log.warning(
+                "grad_accum %d exceeds the %d micro-batches of an epoch; using %d",
+                grad_accum,
+                micro_per_epoch,
+                micro_per_epoch,
+            )
             grad_accum = micro_per_epoch
         self.grad_accum = grad_accum
         self.steps_per_epoch = micro_per_epoch // grad_accum
@@ -468,9 +478,7 @@ class _Run:
         self.schedulers = {
             k: PolyLR(o, max(self.total_steps, 1), poly_power) for k, o in self.optimizers.items()
         }
-        self.scalers = {
-            k: torch.amp.GradScaler("cuda", enabled=self.amp) for k in self.optimizers
-        }
+        self.scalers = {k: torch.amp.GradScaler("cuda", enabled=self.amp) for k in self.optimizers}
         self.ctx = TrainContext(
             device=device,
             amp=self.amp,
@@ -590,8 +598,13 @@ class _Run:
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=self.total_steps, initial=self.global_step, unit="step",
-                    dynamic_ncols=True, leave=False)
+        return tqdm(
+            total=self.total_steps,
+            initial=self.global_step,
+            unit="step",
+            dynamic_ncols=True,
+            leave=False,
+        )
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -633,8 +646,11 @@ class _Run:
             self.grad_accum
         )
         save_checkpoint(self.checkpoint.path, state)
-        log.warning("non-finite loss at step %d: last good state saved to %s",
-                    self.ctx.step, self.checkpoint.path)
+        log.warning(
+            "non-finite loss at step %d: last good state saved to %s",
+            self.ctx.step,
+            self.checkpoint.path,
+        )
 
     def _try_resume(self) -> int | None:
         cfg = self.checkpoint
@@ -642,12 +658,20 @@ class _Run:
         if cfg is None or state is None:
             return None
         if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != cfg.fingerprint:
-            log.info("ignoring checkpoint %s: its fingerprint %r differs from %r; starting fresh",
-                     cfg.path, state.get("fingerprint"), cfg.fingerprint)
+            log.info(
+                "ignoring checkpoint %s: its fingerprint %r differs from %r; starting fresh",
+                cfg.path,
+                state.get("fingerprint"),
+                cfg.fingerprint,
+            )
             return None
         if state.get("layout") != self.layout:
-            log.info("ignoring checkpoint %s: saved for layout %s, this run is %s; starting fresh",
-                     cfg.path, state.get("layout"), self.layout)
+            log.info(
+                "ignoring checkpoint %s: saved for layout %s, this run is %s; starting fresh",
+                cfg.path,
+                state.get("layout"),
+                self.layout,
+            )
             return None
 
         for k, m in self.modules.items():
@@ -670,8 +694,13 @@ class _Run:
         self.epoch_counts = dict(state["epoch_counts"])
         # Last, so nothing between here and the next step draws from the restored streams.
         set_rng_state(state["rng"])
-        log.info("resumed from step %d (epoch %d, batch %d) of %s",
-                 self.global_step, self.epoch, self.batches_done, cfg.path)
+        log.info(
+            "resumed from step %d (epoch %d, batch %d) of %s",
+            self.global_step,
+            self.epoch,
+            self.batches_done,
+            cfg.path,
+        )
         return self.global_step
 
 

@@ -78,9 +78,10 @@ class Backbone(nn.Module):
             dilate_stage(self.layer4, dilation=4, previous_dilation=2)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        """x: (B, 3, H, W) -> {"low": (B, low_channels, H/4, W/4), "out": (B, out_channels, H/os, W/os)}.
+        """x: (B, 3, H, W) -> {"low": (B, C_low, H/4, W/4), "out": (B, C_out, H/os, W/os)}.
 
-        Sizes round up for inputs that are not multiples of the stride.
+        C_low = ``low_channels``, C_out = ``out_channels``; sizes round up for inputs that are
+        not multiples of the stride.
         """
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         low = self.layer1(x)
@@ -115,10 +116,11 @@ def build_backbone(name: str, *, weights: str | None = None, output_stride: int 
       - ``None`` / ``"none"``: random initialisation (torchvision's).
       - a torchvision weights name (``"IMAGENET1K_V1"``, ``"IMAGENET1K_V2"``, ``"DEFAULT"``):
         downloaded by torchvision (needs internet; failure raises :class:`PnocError`).
-      - a path to a local file: a torchvision state dict, or a dict holding one under
-        ``"state_dict"`` or ``"model"``. ``fc.*`` keys are ignored; a ``module.`` prefix
-        (DataParallel) is stripped; any other missing or unexpected key raises
-        :class:`PnocError` naming the file and the keys.
+      - a path to a local file: a torchvision state dict, a dict holding one under
+        ``"state_dict"`` or ``"model"``, or a pnoc checkpoint (:func:`save_model`; its
+        ``backbone.*`` weights are used, its head ignored). ``fc.*`` keys are ignored; a
+        ``module.`` prefix (DataParallel) is stripped; any other missing or unexpected key
+        raises :class:`PnocError` naming the file and the keys.
     """
     backbone = Backbone(name, output_stride)
     if weights is None or str(weights).strip().lower() in ("", "none"):
@@ -167,7 +169,18 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise PnocError(f"{path}: cannot read backbone weights ({exc})") from exc
-    if isinstance(obj, Mapping):
+    if (
+        isinstance(obj, Mapping)
+        and obj.get("format") == CHECKPOINT_FORMAT
+        and isinstance(obj.get("state_dict"), Mapping)
+    ):
+        # A pnoc model checkpoint (e.g. the OC): take its backbone, leave its head.
+        obj = {
+            k.removeprefix("backbone."): v
+            for k, v in obj["state_dict"].items()
+            if k.startswith("backbone.")
+        }
+    elif isinstance(obj, Mapping):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]

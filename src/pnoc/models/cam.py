@@ -103,9 +103,7 @@ class CAMNet(nn.Module):
         return groups
 
     @classmethod
-    def from_checkpoint(
-        cls, path: str | Path, *, expected_backbone: str | None = None
-    ) -> CAMNet:
+    def from_checkpoint(cls, path: str | Path, *, expected_backbone: str | None = None) -> CAMNet:
         """Rebuild a CAMNet saved with :func:`pnoc.models.backbones.save_model` (on CPU)."""
         state, meta = load_model_checkpoint(path, expected_backbone=expected_backbone)
         spec = ModelSpec.from_meta(meta, path)

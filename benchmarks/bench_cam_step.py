@@ -1,0 +1,197 @@
+"""Cost of one CAM training step per method relative to a bare classifier step; CAM inference.
+
+    PYTHONPATH=src python benchmarks/bench_cam_step.py [--backbone resnet50] [--batch-size 8]
+        [--size 128] [--iters 5] [--methods vanilla,puzzle,occse,poc,pnoc]
+
+Reference ("bare"): ``torchvision.models.<backbone>(num_classes=K)`` (output stride 32), forward,
+MLSM on its logits, backward (no optimizer step). Each method's step is a full
+``Method.train_step`` with a minimal context doing ``backward``, an SGD step (momentum 0.9,
+weight decay 1e-4, the authors' parameter groups) and ``zero_grad``, i.e. everything the engine
+does but its bookkeeping. Everything runs in this process on the CPU in float32; each
+measurement is the median of ``--iters`` runs after ``--warmup`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+from pnoc.cam.inference import DEFAULT_SCALES, multiscale_cams
+from pnoc.cam.methods import CAMMethod, build_method
+from pnoc.cam.schedules import Ramp
+from pnoc.models.cam import CAMNet
+
+ALL_METHODS = ("vanilla", "puzzle", "occse", "poc", "pnoc")
+
+
+class MinimalContext:
+    """Engine-like context: backward, SGD step and zero_grad per named optimizer."""
+
+    def __init__(self, modules: dict[str, nn.Module], lr: float = 1e-3) -> None:
+        self.device = torch.device("cpu")
+        self.amp = False
+        self.progress = 0.5
+        self.epoch = self.step = 0
+        self.total_steps = 1000
+        self.optimizers = {}
+        for name, module in modules.items():
+            groups = module.param_groups() if hasattr(module, "param_groups") else None
+            groups = groups or [{"params": list(module.parameters()), "lr_mult": 1.0}]
+            for g in groups:
+                g["lr"] = lr * g.get("lr_mult", 1.0)
+            self.optimizers[name] = torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=1e-4)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext()
+
+    def update(self, optimizer: str, loss: Tensor, terms: dict[str, Tensor] | None = None) -> None:
+        loss.backward()
+        opt = self.optimizers[optimizer]
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        self.step += 1
+
+
+def timed(fn: Callable[[], Any], iters: int, warmup: int) -> float:
+    """Median seconds of ``fn()`` over ``iters`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def make_batch(batch_size: int, size: int, num_classes: int) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(0)
+    labels = (torch.rand(batch_size, num_classes, generator=g) < 0.15).float()
+    labels[torch.arange(batch_size), torch.arange(batch_size) % num_classes] = 1.0  # >= 1 class
+    return {
+        "image": torch.randn(batch_size, 3, size, size, generator=g),
+        "labels": labels,
+        "id": [str(i) for i in range(batch_size)],
+        "index": torch.arange(batch_size),
+    }
+
+
+def bench_bare(args: argparse.Namespace, batch: dict[str, Any]) -> float:
+    net = getattr(torchvision.models, args.backbone)(num_classes=args.num_classes).train()
+    x, y = batch["image"], batch["labels"]
+
+    def step() -> None:
+        loss = F.multilabel_soft_margin_loss(net(x), y)
+        loss.backward()
+        net.zero_grad(set_to_none=True)
+
+    return timed(step, args.iters, args.warmup)
+
+
+def build(args: argparse.Namespace, name: str) -> CAMMethod:
+    torch.manual_seed(0)
+    model = CAMNet(args.backbone, args.num_classes, output_stride=args.output_stride)
+    oc = None
+    if name in ("occse", "poc", "pnoc"):
+        oc = CAMNet(args.backbone, args.num_classes, output_stride=args.oc_output_stride)
+    return build_method(
+        name,
+        model,
+        oc=oc,
+        alpha_p=Ramp(0.0, 4.0, 0.5),
+        alpha_oc=Ramp(0.3, 1.0, 1.0),
+        ow=Ramp(0.0, 1.0, 1.0),
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def bench_method(args: argparse.Namespace, name: str, batch: dict[str, Any]) -> float:
+    method = build(args, name)
+    for m in method.modules().values():
+        m.train()
+    ctx = MinimalContext(method.modules())
+    return timed(lambda: method.train_step(batch, ctx), args.iters, args.warmup)
+
+
+def bench_inference(args: argparse.Namespace) -> float:
+    torch.manual_seed(0)
+    model = CAMNet(args.backbone, args.num_classes, output_stride=args.output_stride).eval()
+    image = torch.randn(1, 3, args.size, args.size)
+    return timed(
+        lambda: multiscale_cams(model, image, scales=args.scales, flip=True),
+        args.iters,
+        args.warmup,
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--backbone", default="resnet50")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--methods", default=",".join(ALL_METHODS))
+    p.add_argument("--num-classes", type=int, default=20)
+    p.add_argument("--output-stride", type=int, default=16, help="generator output stride")
+    p.add_argument(
+        "--oc-output-stride", type=int, default=None, help="OC/noc output stride (default: same)"
+    )
+    p.add_argument("--scales", default=",".join(str(s) for s in DEFAULT_SCALES))
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--no-inference", action="store_true")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.scales = tuple(float(s) for s in args.scales.split(","))
+    args.oc_output_stride = args.oc_output_stride or args.output_stride
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(ALL_METHODS))
+    if unknown:
+        p.error(f"unknown methods {unknown}; choose from {ALL_METHODS}")
+
+    batch = make_batch(args.batch_size, args.size, args.num_classes)
+    print(
+        f"{args.backbone}, batch {args.batch_size} × {args.size} px, K={args.num_classes}, "
+        f"generator OS {args.output_stride}, OC/noc OS {args.oc_output_stride}, "
+        f"{torch.get_num_threads()} threads, median of {args.iters} after {args.warmup} warm-up"
+    )
+    results: dict[str, Any] = {"config": {k: v for k, v in vars(args).items() if k != "json"}}
+    bare = bench_bare(args, batch)
+    rows = [("bare fwd+bwd (torchvision, OS 32)", bare)]
+    for name in methods:
+        rows.append((name, bench_method(args, name, batch)))
+    print(f"\n{'step':36s} {'s/step':>8s} {'img/s':>8s} {'× bare':>7s}")
+    for label, sec in rows:
+        print(f"{label:36s} {sec:8.3f} {args.batch_size / sec:8.2f} {sec / bare:7.2f}")
+    results["steps"] = {
+        label: {"seconds": sec, "images_per_s": args.batch_size / sec, "ratio_to_bare": sec / bare}
+        for label, sec in rows
+    }
+    if not args.no_inference:
+        sec = bench_inference(args)
+        scales = "/".join(f"{s:g}" for s in args.scales)
+        print(
+            f"\nCAM inference, 1 × {args.size} px, scales {scales} + flip: "
+            f"{sec:.3f} s/image, {1 / sec:.2f} images/s"
+        )
+        results["inference"] = {"seconds_per_image": sec, "images_per_s": 1 / sec}
+    if args.json:
+        from pnoc.io import write_json
+
+        write_json(args.json, results)
+    return results
+
+
+if __name__ == "__main__":
+    main()
