@@ -36,6 +36,15 @@ def ablate_cams(
     seeds: list[int],
     report_path: Path = REPORT,
 ) -> dict:
+    from pnoc.cam.methods import METHODS
+    from pnoc.errors import ConfigError
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods or not seeds:
+        raise ConfigError(
+            f"ablate-cams: methods must be among {sorted(METHODS)} and at least one seed given "
+            f"(got methods={methods}, seeds={seeds})"
+        )
     device = resolve_device(params.base.device)
     train = open_dataset(params.data, params.data.train_split)
     evaluation = open_dataset(params.data, params.cams.eval_split)

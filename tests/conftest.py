@@ -66,10 +66,9 @@ class Project:
         (self.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.fixture
-def tiny_project(tmp_path: Path, tiny_params: dict[str, Any], mlflow_store: str) -> Project:
-    root = tmp_path / "project"
-    root.mkdir()
+def make_project(root: Path, params: dict[str, Any], mlflow_uri: str) -> Project:
+    """Copy dvc.yaml and the code into ``root``, write ``params`` and initialise DVC there."""
+    root.mkdir(parents=True)
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     for folder in ("src", "pipelines"):
         shutil.copytree(
@@ -77,10 +76,26 @@ def tiny_project(tmp_path: Path, tiny_params: dict[str, Any], mlflow_store: str)
         )
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env["MLFLOW_TRACKING_URI"] = mlflow_store
+    env["MLFLOW_TRACKING_URI"] = mlflow_uri
     env.pop("PNOC_PIPELINE_ID", None)
     project = Project(root, env)
-    project.write_params(tiny_params)
+    project.write_params(params)
     project.dvc("init", "--no-scm", "-q")
     project.dvc("config", "core.analytics", "false")
+    return project
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path, tiny_params: dict[str, Any], mlflow_store: str) -> Project:
+    return make_project(tmp_path / "project", tiny_params, mlflow_store)
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """The tiny pipeline after one real `dvc repro`, shared by the end-to-end tests."""
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = deep_merge(base, yaml.safe_load((REPO / "tests" / "tiny.yaml").read_text()))
+    tmp = tmp_path_factory.mktemp("reproduced")
+    project = make_project(tmp / "project", params, f"sqlite:///{tmp / 'mlflow.db'}")
+    project.first_repro = project.dvc("repro")  # type: ignore[attr-defined]
     return project

@@ -2,44 +2,77 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pnoc.cam.inference import load_cam_npz
+
 pytestmark = pytest.mark.slow
 
+STAGES = ("generate", "prepare", "train_oc", "train_cam", "cams")
 
-def test_repro_runs_stages_and_second_repro_is_a_noop(tiny_project):
-    first = tiny_project.dvc("repro")
-    assert "Running stage 'generate'" in first.stdout
-    assert "Running stage 'prepare'" in first.stdout
-    report = json.loads((tiny_project.root / "metrics" / "dataset.json").read_text())
+
+def test_repro_runs_every_stage(reproduced):
+    for name in STAGES:
+        assert f"Running stage '{name}'" in reproduced.first_repro.stdout
+    report = json.loads((reproduced.root / "metrics" / "dataset.json").read_text())
     assert report["train"]["images"] == 12 and report["val"]["images"] == 8
     assert report["train"]["checked"] == 12
-    assert (tiny_project.root / "plots" / "samples.png").stat().st_size > 0
+    assert (reproduced.root / "plots" / "samples.png").stat().st_size > 0
+    dag = reproduced.dvc("dag").stdout
+    for name in STAGES:
+        assert name in dag
 
-    second = tiny_project.dvc("repro")
+
+def test_cam_outputs_and_metrics(reproduced):
+    root = reproduced.root
+    for name in ("oc.pt", "cam.pt", "noc.pt"):
+        assert (root / "models" / name).stat().st_size > 0
+    cams = sorted((root / "outputs" / "cams").glob("*.npz"))
+    assert len(cams) == 12 + 8
+    record, classes = load_cam_npz(cams[0])
+    assert record.dtype.name == "float16" and record.shape[0] == len(classes) >= 1
+    assert record.shape[1:] == (64, 64)
+    metrics = json.loads((root / "metrics" / "cams.json").read_text())
+    assert 0.0 <= metrics["miou"] <= 1.0
+    assert metrics["miou"] == metrics["val"]["miou"]
+    assert 0.05 <= metrics["best_threshold"] <= 0.80
+    assert set(metrics["val"]["iou"]) == {"background", "circle", "square", "triangle"}
+    rows = list(csv.DictReader((root / "plots" / "cams_threshold.csv").open()))
+    assert len(rows) == 2 * 16
+    shown = reproduced.dvc("metrics", "show", "--json").stdout
+    assert "cams.json" in shown
+
+
+def test_second_repro_is_a_noop(reproduced):
+    second = reproduced.dvc("repro")
     assert "Running stage" not in second.stdout
     assert "up to date" in second.stdout
 
-    dag = tiny_project.dvc("dag").stdout
-    assert "generate" in dag and "prepare" in dag
 
-
-def test_stages_of_one_repro_form_one_mlflow_tree(tiny_project):
-    tiny_project.dvc("repro")
-    client = MlflowClient(tracking_uri=tiny_project.env["MLFLOW_TRACKING_URI"])
+def test_stages_of_one_repro_form_one_mlflow_tree(reproduced):
+    client = MlflowClient(tracking_uri=reproduced.env["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name("pnoc")
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("pnoc.kind") == "pipeline"]
     stages = {r.info.run_name: r for r in runs if r.data.tags.get("pnoc.kind") == "stage"}
     assert len(parents) == 1, [r.info.run_name for r in runs]
-    assert {"generate", "prepare"} <= set(stages)
+    assert set(STAGES) <= set(stages)
     for run in stages.values():
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.info.status == "FINISHED"
     artifacts = [a.path for a in client.list_artifacts(stages["prepare"].info.run_id)]
     assert "samples.png" in artifacts
+    cams_run = stages["cams"]
+    assert "val.miou" in cams_run.data.metrics
+    assert cams_run.data.params["cams.flip"] == "True"
+    train_cam = stages["train_cam"]
+    assert train_cam.data.params["cam.method"] == "pnoc"
+    history = client.get_metric_history(train_cam.info.run_id, "loss")
+    assert history, "step losses are logged"
 
 
 def test_bad_params_stop_before_any_work(tiny_project, tiny_params):
