@@ -17,7 +17,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/pnoc repro
 
-test: $(STAMP)
+test: $(STAMP) lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -51,14 +51,22 @@ def ablate_cams(
     thresholds = params.cams.thresholds.values()
     results: dict[str, dict[int, float]] = {m: {} for m in methods}
     experiment_id = tracking.configure()
-    with mlflow.start_run(experiment_id=experiment_id, run_name="ablate-cams",
-                          tags={"pnoc.kind": "ablation", **tracking.lineage_tags()}):
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name="ablate-cams",
+        tags={"pnoc.kind": "ablation", **tracking.lineage_tags()},
+    ):
         mlflow.log_params({"methods": ",".join(methods), "seeds": ",".join(map(str, seeds))})
         for seed in seeds:
             seed_everything(seed)
             oc = train_cam_classifier(
-                params.oc, train, image_size=params.data.image_size, seed=seed,
-                device=device, amp=params.base.amp, progress=params.base.progress,
+                params.oc,
+                train,
+                image_size=params.data.image_size,
+                seed=seed,
+                device=device,
+                amp=params.base.amp,
+                progress=params.base.progress,
             ).model
             for method in methods:
                 cam_cfg = params.cam.model_copy(update={"method": method})
@@ -67,24 +75,41 @@ def ablate_cams(
                 with mlflow.start_run(run_name=f"{method}-seed{seed}", nested=True):
                     mlflow.log_params({k: v for k, v in flatten(cam_cfg).items()} | {"seed": seed})
                     trained = train_cam_classifier(
-                        cam_cfg, train, image_size=params.data.image_size, seed=seed,
+                        cam_cfg,
+                        train,
+                        image_size=params.data.image_size,
+                        seed=seed,
                         oc=oc if method in ("occse", "poc", "pnoc") else None,
-                        device=device, amp=params.base.amp, progress=params.base.progress,
+                        device=device,
+                        amp=params.base.amp,
+                        progress=params.base.progress,
                     )
                     with tempfile.TemporaryDirectory() as cam_dir:
-                        export_cams(trained.model, evaluation, cam_dir, scales=params.cams.scales,
-                                    flip=params.cams.flip, device=device,
-                                    progress=params.base.progress)
+                        export_cams(
+                            trained.model,
+                            evaluation,
+                            cam_dir,
+                            scales=params.cams.scales,
+                            flip=params.cams.flip,
+                            device=device,
+                            progress=params.base.progress,
+                        )
                         sweep = evaluate_cams(evaluation, cam_dir, thresholds)
-                    mlflow.log_metrics({"miou": sweep.best_miou,
-                                        "best_threshold": sweep.best_threshold,
-                                        "seconds": time.perf_counter() - t0})
+                    mlflow.log_metrics(
+                        {
+                            "miou": sweep.best_miou,
+                            "best_threshold": sweep.best_threshold,
+                            "seconds": time.perf_counter() - t0,
+                        }
+                    )
                 results[method][seed] = sweep.best_miou
                 print(f"seed {seed} {method:8s} CAM mIoU {100 * sweep.best_miou:.2f}", flush=True)
         summary = {
-            m: {"per_seed": {str(s): v for s, v in r.items()},
+            m: {
+                "per_seed": {str(s): v for s, v in r.items()},
                 "mean": mean(r.values()),
-                "std": stdev(r.values()) if len(r) > 1 else 0.0}
+                "std": stdev(r.values()) if len(r) > 1 else 0.0,
+            }
             for m, r in results.items()
         }
         for m, s in summary.items():
@@ -96,8 +121,10 @@ def ablate_cams(
 
 
 def format_table(report: dict) -> str:
-    lines = [f"CAM mIoU on '{report['split']}' (mean ± std over seeds, %)",
-             f"{'method':10s} {'mean':>7s} {'std':>6s}  per seed"]
+    lines = [
+        f"CAM mIoU on '{report['split']}' (mean ± std over seeds, %)",
+        f"{'method':10s} {'mean':>7s} {'std':>6s}  per seed",
+    ]
     for m, s in report["methods"].items():
         per = ", ".join(f"{100 * v:.2f}" for v in s["per_seed"].values())
         lines.append(f"{m:10s} {100 * s['mean']:7.2f} {100 * s['std']:6.2f}  {per}")

@@ -54,10 +54,8 @@ def run() -> None:
                 {f"{split}.miou": sweep.best_miou, f"{split}.best_threshold": sweep.best_threshold}
             )
             rows += [{"split": split, **r} for r in sweep.to_rows()]
-        evaluated = report[p.cams.eval_split] if p.cams.eval_split in report else None
-        if evaluated is not None:
-            report["miou"] = evaluated["miou"]
-            report["best_threshold"] = evaluated["best_threshold"]
+        report["miou"] = report[p.cams.eval_split]["miou"]
+        report["best_threshold"] = report[p.cams.eval_split]["best_threshold"]
         write_json(METRICS, report)
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=["split", "threshold", "miou"])
@@ -65,7 +63,7 @@ def run() -> None:
         writer.writerows(rows)
         write_text(CURVE, buf.getvalue())
 
-        shown = datasets[p.cams.eval_split if p.cams.eval_split in datasets else p.cams.splits[0]]
+        shown = datasets[p.cams.eval_split]
         images, maps, classes = [], [], []
         for i in range(min(6, len(shown))):
             image_id = shown.ids[i]

@@ -31,7 +31,11 @@ def _metrics_table() -> str:
         for split in ("train", "val"):
             if isinstance(data.get(split), dict):
                 flat.update(
-                    {f"{split}.{k}": v for k, v in data[split].items() if isinstance(v, int | float)}
+                    {
+                        f"{split}.{k}": v
+                        for k, v in data[split].items()
+                        if isinstance(v, int | float)
+                    }
                 )
         rows.append(f"  {path}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(flat.items())))
     return "\n".join(rows) or "  (no metrics yet)"
@@ -68,14 +72,14 @@ def repro(
 
 @app.command("ablate-cams")
 def ablate_cams_cmd(
-    methods: Annotated[list[str], typer.Option("--method", "-m")] = ["vanilla", "poc", "pnoc"],
-    seeds: Annotated[list[int], typer.Option("--seed", "-s")] = [0, 1],
+    methods: Annotated[list[str] | None, typer.Option("--method", "-m")] = None,
+    seeds: Annotated[list[int] | None, typer.Option("--seed", "-s")] = None,
     params: Path = Path("params.yaml"),
 ) -> None:
     """Train vanilla, P-OC and P-NOC generators on the same data and print their CAM mIoU."""
     from pipelines.ablate import format_table, run
 
-    report = run(methods, seeds, params)
+    report = run(methods or ["vanilla", "poc", "pnoc"], seeds or [0, 1], params)
     typer.echo(format_table(report))
 
 

@@ -54,7 +54,9 @@ def run() -> None:
             mlflow.log_metric(f"{split}.images", report[split]["images"])
         print(
             f"dataset {data.name} at {data.root}: "
-            + ", ".join(f"{s} {report[s]['images']} images" for s in (data.train_split, data.val_split))
+            + ", ".join(
+                f"{s} {report[s]['images']} images" for s in (data.train_split, data.val_split)
+            )
             + f", {len(report['classes']) - 1} classes"
         )
 

@@ -61,9 +61,7 @@ def configure(experiment: str = EXPERIMENT, root: Path | None = None) -> str:
 
 def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", *args], capture_output=True, text=True, timeout=10, check=True
-        )
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip()

@@ -49,7 +49,9 @@ class Project:
         self.root = root
         self.env = env
 
-    def run(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 900
+    ) -> subprocess.CompletedProcess:
         proc = subprocess.run(
             list(args), cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout
         )

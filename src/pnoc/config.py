@@ -35,7 +35,7 @@ class Section(BaseModel):
 
 
 class Ramp(Section):
-    """A weight that moves linearly from ``start`` to ``end`` over the first ``until`` of training."""
+    """A weight moving linearly from ``start`` to ``end`` over the first ``until`` of training."""
 
     start: NonNegFloat
     end: NonNegFloat
@@ -158,6 +158,14 @@ class CamsParams(Section):
     splits: Annotated[list[str], Field(min_length=1)] = ["train", "val"]
     thresholds: ThresholdRange = ThresholdRange()
     eval_split: str = "val"
+
+    @model_validator(mode="after")
+    def _eval_split_is_computed(self) -> CamsParams:
+        if self.eval_split not in self.splits:
+            raise ValueError(
+                f"eval_split: '{self.eval_split}' must be one of cams.splits {self.splits}"
+            )
+        return self
 
 
 class Params(Section):

@@ -19,8 +19,12 @@ def test_ablation_reports_each_method(tiny_params, mlflow_store, tmp_path, monke
 
     syn = tiny_params["data"]["synthetic"]
     generate_synthetic(
-        tmp_path / "data" / "synthetic", num_train=syn["train"], num_val=syn["val"],
-        num_classes=syn["classes"], image_size=tiny_params["data"]["image_size"], seed=0,
+        tmp_path / "data" / "synthetic",
+        num_train=syn["train"],
+        num_val=syn["val"],
+        num_classes=syn["classes"],
+        image_size=tiny_params["data"]["image_size"],
+        seed=0,
     )
     params = parse_params(tiny_params)
     report = ablate_cams(params, ["vanilla", "pnoc"], [0], tmp_path / "ablation.json")

@@ -9,7 +9,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pnoc.cam.inference import cams_to_record, load_cam_npz, multiscale_cams, normalize_cams, save_cam_npz
+from pnoc.cam.inference import (
+    cams_to_record,
+    load_cam_npz,
+    multiscale_cams,
+    normalize_cams,
+    save_cam_npz,
+)
 from pnoc.data.transforms import eval_transform
 from pnoc.errors import DatasetError
 from pnoc.metrics import CamRecord, ThresholdSweep, cam_threshold_sweep
@@ -52,7 +58,7 @@ def export_cams(
 
 
 def iter_cam_records(dataset, cam_dir: str | Path) -> Iterator[CamRecord]:
-    """Stream (cams, classes, ground truth) per image; a missing or corrupt file raises naming it."""
+    """Yield (cams, classes, ground truth) per image; a missing or corrupt file raises, named."""
     for i in range(len(dataset)):
         image_id = dataset.ids[i]
         cams, classes = load_cam_npz(cam_path(cam_dir, image_id))

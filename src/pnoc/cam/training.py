@@ -77,9 +77,7 @@ def train_cam_classifier(
     model = CAMNet(
         cfg.backbone, dataset.num_classes, weights=cfg.weights, output_stride=cfg.output_stride
     )
-    method = build_method(
-        method_name, model, label_smoothing=cfg.label_smoothing, **method_kw
-    )
+    method = build_method(method_name, model, label_smoothing=cfg.label_smoothing, **method_kw)
     optimizers = {
         "generator": build_sgd(
             model.param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay, nesterov=True
