@@ -166,3 +166,13 @@ def test_pnoc_step_under_autocast(nets, fake_context) -> None:
 
     logs = method.train_step(_batch(), AutocastContext(method.modules()))
     assert all(math.isfinite(v) for v in logs.values())
+
+
+@pytest.mark.parametrize("name", ["vanilla", "pnoc"])
+def test_label_vector_of_wrong_length_is_named(nets, fake_context, name: str) -> None:
+    gen, oc = _fresh(nets)
+    method = build_method(name, gen, oc=oc, alpha_p=AP, alpha_oc=AO, ow=OW)
+    batch = _batch()
+    batch["labels"] = torch.ones(2, K + 2)
+    with pytest.raises(ConfigError, match=rf"expected a vector of {K} classes.*\(2, {K + 2}\)"):
+        method.train_step(batch, fake_context(method.modules()))

@@ -158,10 +158,15 @@ class CAMMethod:
 
     # -- shared pieces ------------------------------------------------------------------------
 
-    @staticmethod
-    def _inputs(batch: dict[str, Any], ctx: StepContext) -> tuple[Tensor, Tensor]:
+    def _inputs(self, batch: dict[str, Any], ctx: StepContext) -> tuple[Tensor, Tensor]:
         x = batch["image"].to(ctx.device, non_blocking=True)
         y = batch["labels"].to(ctx.device, non_blocking=True).float()
+        if y.dim() != 2 or y.shape[1] != self.model.num_classes:
+            ids = batch.get("id", [])
+            raise ConfigError(
+                f"labels of batch {list(ids)[:4]}: expected a vector of "
+                f"{self.model.num_classes} classes per image, got shape {tuple(y.shape)}"
+            )
         return x, y
 
     def _generator_forward(self, x: Tensor, y: Tensor, progress: float) -> GeneratorOutput:
