@@ -26,6 +26,17 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tests use tiny tensors: one thread avoids OpenMP contention on a busy 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_params() -> dict[str, Any]:
     """params.yaml with tests/tiny.yaml merged on top (a plain dict, to edit per test)."""
