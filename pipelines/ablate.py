@@ -18,16 +18,14 @@ import mlflow
 from pipelines import tracking
 from pipelines.common import load_params
 from pnoc.cam.export import evaluate_cams, export_cams
+from pnoc.cam.methods import METHODS
 from pnoc.cam.training import train_cam_classifier
 from pnoc.config import Params, flatten, resolve_device, seed_everything
 from pnoc.data.factory import open_dataset
+from pnoc.errors import ConfigError
 from pnoc.io import write_json
 
 REPORT = Path("reports/ablation_cams.json")
-
-
-def _with(params: Params, **sections) -> Params:
-    return params.model_copy(update=sections)
 
 
 def ablate_cams(
@@ -36,9 +34,6 @@ def ablate_cams(
     seeds: list[int],
     report_path: Path = REPORT,
 ) -> dict:
-    from pnoc.cam.methods import METHODS
-    from pnoc.errors import ConfigError
-
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods or not seeds:
         raise ConfigError(
@@ -73,13 +68,13 @@ def ablate_cams(
                 seed_everything(seed)
                 t0 = time.perf_counter()
                 with mlflow.start_run(run_name=f"{method}-seed{seed}", nested=True):
-                    mlflow.log_params({k: v for k, v in flatten(cam_cfg).items()} | {"seed": seed})
+                    mlflow.log_params(flatten(cam_cfg) | {"seed": seed})
                     trained = train_cam_classifier(
                         cam_cfg,
                         train,
                         image_size=params.data.image_size,
                         seed=seed,
-                        oc=oc if method in ("occse", "poc", "pnoc") else None,
+                        oc=oc,
                         device=device,
                         amp=params.base.amp,
                         progress=params.base.progress,

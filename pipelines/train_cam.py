@@ -26,7 +26,8 @@ def run() -> None:
         p = ctx.params
         train = open_dataset(p.data, p.data.train_split)
         warn_missing_classes(train)
-        oc = load_cam_model(OC) if p.cam.method in ("occse", "poc", "pnoc") else None
+        # The OC judges occse/poc, seeds P-NOC's noc, and is models/noc.pt for the other methods.
+        oc = load_cam_model(OC)
         trained = train_cam_classifier(
             p.cam,
             train,
@@ -42,7 +43,7 @@ def run() -> None:
         )
         meta = {"stage": "train_cam", "method": p.cam.method, "class_names": train.class_names}
         save_model(OUT, trained.model, meta)
-        noc = trained.noc if trained.noc is not None else (oc or load_cam_model(OC))
+        noc = trained.noc if trained.noc is not None else oc
         save_model(NOC, noc, {**meta, "role": "noc" if trained.noc is not None else "oc"})
         mlflow.log_param("checkpoint", str(OUT))
         print(f"trained the {p.cam.method} generator in {trained.result.seconds:.0f}s -> {OUT}")
