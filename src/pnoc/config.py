@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pnoc.errors import ConfigError
 
@@ -25,6 +25,16 @@ NonNegFloat = Annotated[float, Field(ge=0.0)]
 Smoothing = Annotated[float, Field(ge=0.0, lt=1.0)]
 BackboneName = Literal["resnet18", "resnet34", "resnet50", "resnet101"]
 OutputStride = Literal[8, 16, 32]
+
+
+def _ordered_pair(pair: tuple[float, float]) -> tuple[float, float]:
+    lo, hi = pair
+    if lo > hi:
+        raise ValueError(f"expected [low, high] with low <= high, got {lo}, {hi}")
+    return pair
+
+
+ScaleRange = Annotated[tuple[PositiveFloat, PositiveFloat], AfterValidator(_ordered_pair)]
 
 
 SYNTHETIC_ROOT = Path("data/synthetic")
@@ -98,15 +108,8 @@ class ClassifierParams(Section):
     lr: PositiveFloat = 0.1
     weight_decay: NonNegFloat = 1e-4
     label_smoothing: Smoothing = 0.1
-    scale_range: tuple[PositiveFloat, PositiveFloat] = (0.75, 1.25)
+    scale_range: ScaleRange = (0.75, 1.25)
     max_steps_per_epoch: PositiveInt | None = None
-
-    @model_validator(mode="after")
-    def _ordered_scale_range(self) -> ClassifierParams:
-        lo, hi = self.scale_range
-        if lo > hi:
-            raise ValueError(f"scale_range: expected [low, high] with low <= high, got {lo}, {hi}")
-        return self
 
 
 class OCParams(ClassifierParams):
@@ -168,6 +171,55 @@ class CamsParams(Section):
         return self
 
 
+class SaliencyParams(Section):
+    """C²AM-H: CCAM's class-agnostic fg/bg head trained with CAM hints."""
+
+    backbone: BackboneName = "resnet18"
+    weights: str | None = None
+    output_stride: OutputStride = 16
+    epochs: PositiveInt = 3
+    batch_size: PositiveInt = 16
+    lr: PositiveFloat = 0.01
+    weight_decay: NonNegFloat = 1e-4
+    scale_range: ScaleRange = (0.75, 1.25)
+    max_steps_per_epoch: PositiveInt | None = None
+    alpha: NonNegFloat = 0.25  # rank weighting of CCAM's positive-pair terms
+    delta_fg: Fraction = 0.4  # hint pixels: max CAM >= delta_fg
+    lambda_h: NonNegFloat = 1.0  # weight of the hint term (0: plain CCAM)
+    threshold: Fraction = 0.5  # saliency >= threshold is foreground (quality metric)
+    flip: bool = True
+
+
+class AffinityParams(Section):
+    """Affinity labels (CAMs + saliency) and the AffinityNet trained on them."""
+
+    fg_threshold: Fraction = 0.4  # max CAM >= fg_threshold: confident foreground (its argmax)
+    bg_threshold: Fraction = 0.1  # saliency <= bg_threshold: confident background
+    radius: PositiveInt = 5  # pair radius on the stride-4 feature map during training
+    backbone: BackboneName = "resnet18"
+    weights: str | None = None
+    output_stride: OutputStride = 16
+    epochs: PositiveInt = 3
+    batch_size: PositiveInt = 16
+    lr: PositiveFloat = 0.1
+    weight_decay: NonNegFloat = 1e-4
+    scale_range: ScaleRange = (0.75, 1.25)
+    max_steps_per_epoch: PositiveInt | None = None
+
+
+class PseudoMaskParams(Section):
+    """Random walk of the CAMs over the learned affinities, then background threshold."""
+
+    beta: PositiveFloat = 10.0
+    exp_times: Annotated[int, Field(ge=0, le=12)] = 8
+    radius: PositiveInt = 5
+    bg_threshold: Fraction = 0.3
+    uncertain_margin: Fraction = 0.0  # > 0: pixels whose top-2 scores are this close get 255
+    flip: bool = True
+    crf: bool = False  # dense CRF (pydensecrf2) on top of the walk
+    split: str = "train"
+
+
 class Params(Section):
     """The whole params.yaml."""
 
@@ -176,6 +228,9 @@ class Params(Section):
     oc: OCParams = OCParams()
     cam: CamParams = CamParams()
     cams: CamsParams = CamsParams()
+    saliency: SaliencyParams = SaliencyParams()
+    affinity: AffinityParams = AffinityParams()
+    pseudo_masks: PseudoMaskParams = PseudoMaskParams()
 
 
 def _format_error(err: dict[str, Any]) -> str:

@@ -5,14 +5,27 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
 from pnoc.cam.inference import load_cam_npz
+from pnoc.data.voc import read_mask
+from pnoc.saliency.inference import load_saliency_png
 
 pytestmark = pytest.mark.slow
 
-STAGES = ("generate", "prepare", "train_oc", "train_cam", "cams")
+STAGES = (
+    "generate",
+    "prepare",
+    "train_oc",
+    "train_cam",
+    "cams",
+    "train_saliency",
+    "saliency",
+    "train_affinity",
+    "pseudo_masks",
+)
 
 
 def test_repro_runs_every_stage(reproduced):
@@ -47,6 +60,35 @@ def test_cam_outputs_and_metrics(reproduced):
     assert "cams.json" in shown
 
 
+def test_saliency_affinity_and_pseudo_mask_outputs(reproduced):
+    root = reproduced.root
+    for name in ("ccam.pt", "affinity.pt"):
+        assert (root / "models" / name).stat().st_size > 0
+    saliency = sorted((root / "outputs" / "saliency").glob("*.png"))
+    assert len(saliency) == 12 + 8
+    assert load_saliency_png(saliency[0], expected_size=(64, 64)).max() <= 1.0
+    sal_report = json.loads((root / "metrics" / "saliency.json").read_text())
+    assert 0.0 <= sal_report["miou"] <= 1.0 and sal_report["miou"] == sal_report["val"]["miou"]
+    labels = sorted((root / "outputs" / "affinity_labels").glob("*.png"))
+    assert len(labels) == 12
+    assert set(np.unique(read_mask(labels[0]))) <= {0, 1, 2, 3, 255}
+    aff = json.loads((root / "metrics" / "affinity_labels.json").read_text())
+    assert 0.0 <= aff["confident_share"] <= 1.0 and aff["images"] == 12
+    masks = sorted((root / "outputs" / "pseudo_masks").glob("*.png"))
+    assert [m.stem for m in masks] == [c.stem for c in labels]
+    mask = read_mask(masks[0])
+    assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 1, 2, 3, 255}
+    report = json.loads((root / "metrics" / "pseudo_masks.json").read_text())
+    assert report["split"] == "train" and report["images"] == 12
+    assert 0.0 <= report["miou"] <= 1.0
+    cams = json.loads((root / "metrics" / "cams.json").read_text())
+    assert report["cam_best_miou"] == cams["train"]["miou"]
+    assert report["gain_over_cams"] == pytest.approx(report["miou"] - cams["train"]["miou"])
+    assert 0 <= report["fallback_images"] <= 12
+    for plot in ("saliency_overlay.png", "pseudo_masks_overlay.png"):
+        assert (root / "plots" / plot).stat().st_size > 0
+
+
 def test_second_repro_is_a_noop(reproduced):
     second = reproduced.dvc("repro")
     assert "Running stage" not in second.stdout
@@ -69,6 +111,9 @@ def test_stages_of_one_repro_form_one_mlflow_tree(reproduced):
     cams_run = stages["cams"]
     assert "val.miou" in cams_run.data.metrics
     assert cams_run.data.params["cams.flip"] == "True"
+    assert "train.miou" in stages["pseudo_masks"].data.metrics
+    pm_artifacts = [a.path for a in client.list_artifacts(stages["pseudo_masks"].info.run_id)]
+    assert "pseudo_masks_overlay.png" in pm_artifacts
     train_cam = stages["train_cam"]
     assert train_cam.data.params["cam.method"] == "pnoc"
     history = client.get_metric_history(train_cam.info.run_id, "loss")

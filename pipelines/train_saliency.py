@@ -1,0 +1,69 @@
+"""Stage ``train_saliency``: C²AM-H, CCAM's fg/bg bi-partition trained with the CAMs as hints.
+
+Output ``models/ccam.pt``; its ``inverted`` flag (the bi-partition's orientation, fixed with the
+hints after training) travels inside the checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import mlflow
+
+from pipelines.common import checkpoint_config, main, stage
+from pipelines.tracking import MlflowLogger
+from pnoc.data.factory import open_dataset
+from pnoc.models.backbones import save_model
+from pnoc.saliency.training import train_c2amh
+
+CAMS = Path("outputs/cams")
+OUT = Path("models/ccam.pt")
+
+
+def run() -> None:
+    with stage("train_saliency", ["base", "data", "saliency"]) as ctx:
+        p = ctx.params
+        s = p.saliency
+        train = open_dataset(p.data, p.data.train_split)
+        trained = train_c2amh(
+            train,
+            CAMS,
+            image_size=p.data.image_size,
+            seed=p.base.seed,
+            epochs=s.epochs,
+            batch_size=s.batch_size,
+            lr=s.lr,
+            weight_decay=s.weight_decay,
+            alpha=s.alpha,
+            delta_fg=s.delta_fg,
+            lambda_h=s.lambda_h,
+            backbone=s.backbone,
+            weights=s.weights,
+            output_stride=s.output_stride,
+            scale_range=tuple(s.scale_range),
+            device=ctx.device,
+            amp=p.base.amp,
+            num_workers=p.base.num_workers,
+            checkpoint=checkpoint_config("train_saliency", p.base, p.data, s),
+            callbacks=[MlflowLogger()],
+            progress=p.base.progress,
+            max_steps_per_epoch=s.max_steps_per_epoch,
+        )
+        check = asdict(trained.orientation)
+        save_model(OUT, trained.model, {"stage": "train_saliency", "orientation": check})
+        mlflow.log_metrics(
+            {
+                "orientation.fg_mean": check["fg_mean"],
+                "orientation.bg_mean": check["bg_mean"],
+                "orientation.flipped": float(check["flipped"]),
+            }
+        )
+        print(
+            f"trained C²AM-H in {trained.result.seconds:.0f}s -> {OUT} "
+            f"(bi-partition {'inverted' if check['inverted'] else 'upright'})"
+        )
+
+
+if __name__ == "__main__":
+    main(run)

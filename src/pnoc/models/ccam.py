@@ -1,0 +1,155 @@
+"""The CCAM network of C²AM-H: backbone -> disentangler -> class-agnostic saliency.
+
+CCAM (Xie et al., CVPR 2022, "Contrastive learning of Class-agnostic Activation Map"):
+features F (B, C, h, w) of the backbone's last stage go through the *disentangler*, a 3×3 conv
+(C -> 1, no bias) + BatchNorm2d(1), giving logits z (B, 1, h, w) and P = σ(z). The image is
+split into a foreground and a background embedding
+
+    fg = Σ_hw P·F / (h·w),   bg = Σ_hw (1 − P)·F / (h·w)      (B, C)
+
+which the contrastive losses (:mod:`pnoc.saliency.losses`) pull and push across the batch.
+
+The bi-partition is symmetric: training may end with P high on the background. The
+``inverted`` buffer (saved in the state dict, hence in checkpoints) records that; it is set
+after training by comparing the saliency with the CAM hints
+(:func:`pnoc.saliency.training.fix_orientation`) and :meth:`CCAMNet.saliency` then returns
+1 − P. ``forward`` always returns the raw partition.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pnoc.errors import PnocError
+from pnoc.models.backbones import ModelSpec, build_backbone, load_model_checkpoint
+
+ARCH = "ccam"
+
+
+class Disentangler(nn.Module):
+    """3×3 conv (C -> 1, no bias) + BatchNorm2d(1): features (B, C, h, w) -> logits (B, 1, h, w)."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 1, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(1)
+        nn.init.kaiming_normal_(self.conv.weight)
+
+    def forward(self, feats: Tensor) -> Tensor:
+        return self.bn(self.conv(feats))
+
+
+class CCAMNet(nn.Module):
+    """CCAM saliency network.
+
+    Args:
+        backbone_name: ``resnet18|resnet34|resnet50|resnet101``.
+        weights: backbone weights, see :func:`pnoc.models.backbones.build_backbone`.
+        output_stride: 8, 16 or 32.
+    """
+
+    def __init__(
+        self, backbone_name: str, *, weights: str | None = None, output_stride: int = 16
+    ) -> None:
+        super().__init__()
+        self.backbone = build_backbone(backbone_name, weights=weights, output_stride=output_stride)
+        self.head = Disentangler(self.backbone.out_channels)
+        self.register_buffer("inverted", torch.tensor(False))
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec(
+            arch=ARCH,
+            backbone=self.backbone.name,
+            num_classes=1,
+            output_stride=self.backbone.output_stride,
+        )
+
+    @property
+    def is_inverted(self) -> bool:
+        return bool(self.inverted.item())
+
+    def set_inverted(self, flag: bool) -> None:
+        """Record whether P is high on the background (then :meth:`saliency` returns 1 − P)."""
+        self.inverted.fill_(bool(flag))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, 3, H, W) normalised -> (fg (B, C), bg (B, C), logits z (B, 1, h, w)).
+
+        h, w = ⌈H/os⌉, ⌈W/os⌉. The embeddings are float32 (pooled under autocast in full
+        precision); the orientation flag is not applied here.
+        """
+        feats = self.backbone(x)["out"]
+        logits = self.head(feats)
+        b, c, h, w = feats.shape
+        p = torch.sigmoid(logits.float()).reshape(b, 1, h * w)
+        f = feats.float().reshape(b, c, h * w)
+        fg = (p * f).sum(-1) / (h * w)
+        bg = ((1.0 - p) * f).sum(-1) / (h * w)
+        return fg, bg, logits
+
+    def saliency(self, x: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        """x (B, 3, H, W) -> foreground probability (B, 1, *size) float32 in [0, 1].
+
+        ``size`` defaults to the input's (H, W); P is upsampled bilinearly. The orientation
+        flag is applied (1 − P when ``inverted``). Mode and gradients are the caller's.
+        """
+        _, _, logits = self(x)
+        sal = torch.sigmoid(logits.float())
+        out_size = tuple(x.shape[-2:]) if size is None else (int(size[0]), int(size[1]))
+        if tuple(sal.shape[-2:]) != out_size:
+            sal = F.interpolate(sal, size=out_size, mode="bilinear", align_corners=False)
+        return torch.where(self.inverted, 1.0 - sal, sal)
+
+    def param_groups(
+        self, lr_mult_head: float = 10.0, *, weight_decay: float | None = None
+    ) -> list[dict[str, Any]]:
+        """SGD parameter groups as :meth:`CAMNet.param_groups` (the head is the disentangler).
+
+        Backbone weights ``lr_mult`` 1, backbone biases 2, head weights ``lr_mult_head``, head
+        biases (the BatchNorm shift) 2 × ``lr_mult_head``; biases get ``weight_decay`` 0.
+        """
+        buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {
+            (h, b): [] for h in (False, True) for b in (False, True)
+        }
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                buckets[(not name.startswith("backbone."), name.endswith("bias"))].append(param)
+        groups: list[dict[str, Any]] = []
+        for (head, bias), params in buckets.items():
+            if not params:
+                continue
+            mult = lr_mult_head if head else 1.0
+            group: dict[str, Any] = {
+                "name": f"{'head' if head else 'backbone'}_{'bias' if bias else 'weight'}",
+                "params": params,
+                "lr_mult": 2.0 * mult if bias else mult,
+            }
+            if bias:
+                group["weight_decay"] = 0.0
+            elif weight_decay is not None:
+                group["weight_decay"] = weight_decay
+            groups.append(group)
+        return groups
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, expected_backbone: str | None = None) -> CCAMNet:
+        """Rebuild a CCAMNet saved with :func:`pnoc.models.backbones.save_model` (on CPU)."""
+        state, meta = load_model_checkpoint(path, expected_backbone=expected_backbone)
+        spec = ModelSpec.from_meta(meta, path)
+        if spec.arch != ARCH:
+            raise PnocError(f"{path}: checkpoint holds a '{spec.arch}' model, expected '{ARCH}'")
+        model = cls(spec.backbone, output_stride=spec.output_stride)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise PnocError(f"{path}: state dict does not fit {spec} ({exc})") from exc
+        return model
+
+
+__all__ = ["ARCH", "CCAMNet", "Disentangler"]

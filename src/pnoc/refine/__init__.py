@@ -1,0 +1,1 @@
+"""Affinity labels, AffinityNet training, random walk and pseudo-mask making."""

@@ -1,0 +1,89 @@
+"""Pseudo-masks: CAMs propagated by a random walk over AffinityNet's affinities.
+
+Per image (IRN's recipe, with a sparse transition matrix):
+1. AffinityNet features f at stride 4 (averaged with those of the mirrored image with ``flip``);
+2. the image's present-class CAMs are reduced to the feature grid (area average);
+3. random walk: x ← x·T^(2^exp_times), T the column-normalised a^β over neighbours within
+   ``radius`` (:mod:`pnoc.refine.random_walk`);
+4. upsampled back (bilinear), each class divided by its maximum; background is the constant
+   ``bg_threshold``; argmax gives the mask. With ``uncertain_margin`` > 0, pixels whose two best
+   scores are closer than the margin get 255.
+
+Images whose affinity labels hold no confident pixel cannot be trusted to the walk (the net saw
+no pair from them); :func:`cam_fallback_mask` gives their CAM argmax instead, and the stage counts
+them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pnoc.cam.inference import cams_to_mask
+from pnoc.models.affinity import AffinityNet
+from pnoc.refine.random_walk import feature_affinities, neighbour_offsets, random_walk
+
+IGNORE = 255
+
+
+@torch.inference_mode()
+def affinity_features(model: AffinityNet, image: Tensor, *, flip: bool = True) -> Tensor:
+    """image (3, H, W) normalised -> features (C, ⌈H/4⌉, ⌈W/4⌉), flip-averaged."""
+    model.eval()
+    x = image.unsqueeze(0)
+    if flip:
+        feats = model(torch.cat([x, x.flip(-1)]))
+        return ((feats[0] + feats[1].flip(-1)) / 2).float()
+    return model(x)[0].float()
+
+
+@torch.inference_mode()
+def propagate_cams(
+    cams: np.ndarray | Tensor,
+    features: Tensor,
+    *,
+    beta: float,
+    exp_times: int,
+    radius: int,
+) -> Tensor:
+    """cams (k, H, W) -> walked maps (k, H, W) float32, each class scaled to max 1."""
+    cams_t = torch.as_tensor(
+        np.asarray(cams, dtype=np.float32) if not isinstance(cams, Tensor) else cams.float()
+    )
+    k, h, w = cams_t.shape
+    if k == 0:
+        return cams_t
+    grid = features.shape[-2:]
+    small = F.adaptive_avg_pool2d(cams_t[None], grid)[0]
+    aff, valid = feature_affinities(features, radius)
+    walked = random_walk(
+        small, aff, valid, neighbour_offsets(radius), beta=beta, exp_times=exp_times
+    )
+    up = F.interpolate(walked[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    up = up.clamp(min=0)
+    return up / up.amax(dim=(1, 2), keepdim=True).clamp(min=1e-5)
+
+
+def scores_to_mask(
+    scores: np.ndarray | Tensor,
+    classes: np.ndarray,
+    *,
+    bg_threshold: float,
+    uncertain_margin: float = 0.0,
+) -> np.ndarray:
+    """scores (k, H, W) in [0, 1], classes (k,) 1-based -> (H, W) uint8 mask (0 = background)."""
+    s = scores.cpu().numpy() if isinstance(scores, Tensor) else np.asarray(scores)
+    mask = cams_to_mask(s, classes, bg_threshold)
+    if uncertain_margin > 0 and len(classes):
+        h, w = s.shape[-2:]
+        full = np.concatenate([np.full((1, h, w), bg_threshold, dtype=np.float32), s], axis=0)
+        top2 = np.sort(full, axis=0)[-2:]
+        mask[(top2[1] - top2[0]) < uncertain_margin] = IGNORE
+    return mask
+
+
+def cam_fallback_mask(cams: np.ndarray, classes: np.ndarray, bg_threshold: float) -> np.ndarray:
+    """The CAM argmax with a constant background: the mask of an image the walk cannot use."""
+    return cams_to_mask(np.asarray(cams, dtype=np.float32), classes, bg_threshold)

@@ -1,0 +1,49 @@
+"""C²AM-H: class-agnostic saliency (CCAM) trained with CAM hints (P-NOC, arXiv 2305.12522).
+
+- :mod:`pnoc.saliency.losses`: CCAM's contrastive terms and the hint term;
+- :mod:`pnoc.saliency.training`: the engine Method, the image + hint dataset, the orientation
+  fix and the training recipe;
+- :mod:`pnoc.saliency.inference`: prediction, PNG storage, evaluation counts and overlays.
+
+The network is :class:`pnoc.models.ccam.CCAMNet`.
+"""
+
+from pnoc.saliency.inference import (
+    load_saliency_png,
+    orientation,
+    orientation_means,
+    predict_saliency,
+    saliency_confusion,
+    saliency_overlay_grid,
+    save_saliency_png,
+)
+from pnoc.saliency.losses import ccam_loss, hint_loss, hint_map, sim_max_loss, sim_min_loss
+from pnoc.saliency.training import (
+    C2AMH,
+    HintSet,
+    OrientationCheck,
+    TrainedCCAM,
+    fix_orientation,
+    train_c2amh,
+)
+
+__all__ = [
+    "C2AMH",
+    "HintSet",
+    "OrientationCheck",
+    "TrainedCCAM",
+    "ccam_loss",
+    "fix_orientation",
+    "hint_loss",
+    "hint_map",
+    "load_saliency_png",
+    "orientation",
+    "orientation_means",
+    "predict_saliency",
+    "saliency_confusion",
+    "saliency_overlay_grid",
+    "save_saliency_png",
+    "sim_max_loss",
+    "sim_min_loss",
+    "train_c2amh",
+]

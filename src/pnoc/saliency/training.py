@@ -1,0 +1,327 @@
+"""Training C²AM-H: the engine Method, the image + hint dataset, the orientation fix, the recipe.
+
+Hints travel through the project's joint image/mask transforms as a uint8 "mask": the hint
+h ∈ [0, 1] (per-pixel max of the image's CAMs) is quantised to round(254·h) ∈ 0..254, so the
+geometric transforms (resize with nearest neighbour, flip, crop, RandAugment's affine ops) move
+it exactly with the image, and the value 255 they write where they pad means "no hint" and is
+read back as 0 (below any δ_fg, so padding is never supervised). The quantisation error
+(≤ 1/508) is far below the hint's own precision (CAMs are stored as float16).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pnoc.cam.export import cam_path
+from pnoc.cam.inference import load_cam_npz
+from pnoc.data.base import SampleKey
+from pnoc.data.transforms import classification_train_transform, eval_transform, to_tensor_image
+from pnoc.data.voc import collate
+from pnoc.engine import CheckpointConfig, FitResult, TrainContext, build_sgd, fit
+from pnoc.errors import ConfigError
+from pnoc.models.ccam import CCAMNet
+from pnoc.saliency.inference import orientation_means, predict_saliency
+from pnoc.saliency.losses import ccam_loss, hint_loss, hint_map
+
+log = logging.getLogger(__name__)
+
+HINT_LEVELS = 254  # hint h is carried as round(254·h); 255 = padding (no hint)
+PAD_VALUE = 255
+
+
+class C2AMH:
+    """C²AM-H as an engine Method: L = SimMax(fg) + SimMin(bg, fg) + SimMax(bg) + λ_h·L_h.
+
+    Args:
+        model: the CCAM network (optimizer ``"ccam"``).
+        alpha: rank-weighting α of SimMax.
+        delta_fg: hint threshold δ_fg: pixels with hint ≥ δ_fg are supervised as foreground.
+        lambda_h: weight λ_h of the hint term (0 = plain CCAM; the batch then needs no hint).
+        smoothing: ε; the hint target is 1 − ε/2.
+
+    ``train_step`` reads ``image`` (B, 3, S, S) and ``hint`` (B, 1, S, S) in [0, 1] and returns
+    floats ``loss, fg_fg, fg_bg, bg_bg, hint`` (``hint`` is logged even when λ_h = 0).
+    """
+
+    name = "c2amh"
+
+    def __init__(
+        self,
+        model: CCAMNet,
+        *,
+        alpha: float = 0.25,
+        delta_fg: float = 0.4,
+        lambda_h: float = 1.0,
+        smoothing: float = 0.1,
+    ) -> None:
+        if lambda_h < 0:
+            raise ConfigError(f"lambda_h: expected >= 0, got {lambda_h}")
+        if not 0.0 <= smoothing < 1.0:
+            raise ConfigError(f"smoothing: expected 0 <= eps < 1, got {smoothing}")
+        if not 0.0 < delta_fg <= 1.0:
+            raise ConfigError(f"delta_fg: expected 0 < delta_fg <= 1, got {delta_fg}")
+        self.model = model
+        self.alpha = alpha
+        self.delta_fg = delta_fg
+        self.lambda_h = lambda_h
+        self.smoothing = smoothing
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"ccam": self.model}
+
+    def param_groups(self, lr_mult_head: float = 10.0) -> dict[str, list[dict[str, Any]]]:
+        return {"ccam": self.model.param_groups(lr_mult_head)}
+
+    def train_step(self, batch: dict[str, Any], ctx: TrainContext) -> dict[str, float]:
+        x = batch["image"].to(ctx.device, non_blocking=True)
+        hints = batch.get("hint")
+        if hints is None and self.lambda_h > 0:
+            raise ConfigError("C²AM-H with lambda_h > 0 needs a 'hint' entry in every batch")
+        with ctx.autocast():
+            fg, bg, logits = self.model(x)
+            loss, terms = ccam_loss(fg, bg, self.alpha)
+            if hints is not None:
+                h = hint_map(hints.to(ctx.device, non_blocking=True), tuple(logits.shape[-2:]))
+                if self.lambda_h > 0:
+                    terms["hint"] = hint_loss(logits, h, self.delta_fg, self.smoothing)
+                    loss = loss + self.lambda_h * terms["hint"]
+                else:  # logged only
+                    with torch.no_grad():
+                        terms["hint"] = hint_loss(logits, h, self.delta_fg, self.smoothing)
+            else:
+                terms["hint"] = loss.new_zeros(())
+        ctx.update("ccam", loss, terms)
+        named = {"loss": loss, **terms}
+        values = torch.stack([t.detach().float().reshape(()) for t in named.values()]).tolist()
+        return dict(zip(named, values, strict=True))
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+def _key_index(key: int | SampleKey) -> tuple[int, int]:
+    if isinstance(key, SampleKey):
+        return int(key.index), int(key.seed)
+    return int(key), int(key)
+
+
+def quantise_hint(hint: np.ndarray) -> np.ndarray:
+    """(H, W) hint in [0, 1] -> uint8 round(254·h) (0..254; 255 is left for padding)."""
+    return np.rint(np.clip(hint, 0.0, 1.0) * HINT_LEVELS).astype(np.uint8)
+
+
+def dequantise_hint(q: np.ndarray | Tensor) -> Tensor:
+    """uint8/int (H, W) from :func:`quantise_hint` (255 = padding) -> float32 (H, W) in [0, 1]."""
+    t = torch.as_tensor(np.asarray(q) if not isinstance(q, Tensor) else q).float()
+    return torch.where(t >= PAD_VALUE, torch.zeros_like(t), t / HINT_LEVELS)
+
+
+class HintSet(torch.utils.data.Dataset):
+    """A reader's images with their CAM hints, under the same random geometric transform.
+
+    Items: ``image`` float32 (3, S, S) normalised, ``hint`` float32 (1, S, S) in [0, 1] (0 where
+    the transform padded), ``labels`` (K,), ``id``, ``index``. The hint of id ``i`` is the
+    per-pixel max of ``<cam_dir>/<i>.npz`` (:func:`pnoc.cam.inference.load_cam_npz`; no class
+    → zero hint), resized bilinearly to the image when sizes differ; it goes through
+    ``transform`` as a uint8 mask (see the module docstring). ``transform`` is a joint
+    ``(image, mask, rng)`` pipeline seeded from the sampler's key (default: eval, no change).
+    A missing or corrupt CAM file raises :class:`~pnoc.errors.DatasetError` naming it.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        cam_dir: str | Path,
+        transform: Callable[..., Any] | None = None,
+    ) -> None:
+        self.dataset = dataset
+        self.cam_dir = Path(cam_dir)
+        self.transform = transform if transform is not None else eval_transform()
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def load_hint(self, image_id: str, size: tuple[int, int]) -> np.ndarray:
+        """(H, W) float32 hint of ``image_id`` at ``size`` = (H, W)."""
+        cams, _ = load_cam_npz(cam_path(self.cam_dir, image_id))
+        return hint_map([cams.astype(np.float32)], size)[0, 0].numpy()
+
+    def __getitem__(self, key: int | SampleKey) -> dict[str, Any]:
+        index, seed = _key_index(key)
+        sample = self.dataset.get(index, mask=False)
+        hint = self.load_hint(sample.id, sample.image.shape[:2])
+        image, q = self.transform(sample.image, quantise_hint(hint), np.random.default_rng(seed))
+        return {
+            "image": to_tensor_image(image),
+            "hint": dequantise_hint(q).unsqueeze(0),
+            "labels": torch.from_numpy(np.asarray(sample.labels, dtype=np.float32)),
+            "id": sample.id,
+            "index": index,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Orientation
+
+
+@dataclass
+class OrientationCheck:
+    """Result of :func:`fix_orientation`.
+
+    fg_mean / bg_mean: mean saliency where hint ≥ δ_fg / elsewhere, measured with the flag as it
+    was on entry; flipped: whether the flag was toggled; inverted: the flag on exit.
+    """
+
+    inverted: bool
+    flipped: bool
+    fg_mean: float
+    bg_mean: float
+    images: int
+
+
+def fix_orientation(
+    model: CCAMNet,
+    hint_set: HintSet,
+    *,
+    delta_fg: float = 0.4,
+    max_images: int = 64,
+    flip: bool = True,
+) -> OrientationCheck:
+    """Set ``model.inverted`` so that the saliency is high on the CAM-hinted foreground.
+
+    Predicts (eval mode, :func:`predict_saliency`) on up to ``max_images`` images spread evenly
+    over ``hint_set`` (use an un-augmented one), then compares the mean saliency at
+    hint ≥ δ_fg with the mean elsewhere over all their pixels. If the foreground mean is lower
+    the flag is toggled. Without evidence (no pixel on one side) the flag is kept, with a
+    warning.
+    """
+    n = len(hint_set)
+    if n == 0 or max_images < 1:
+        raise ConfigError("fix_orientation needs at least one image")
+    indices = sorted({int(i) for i in np.linspace(0, n - 1, min(n, max_images))})
+    sals, hints = [], []
+    for i in indices:
+        item = hint_set[i]
+        sals.append(predict_saliency(model, item["image"], flip=flip))
+        hints.append(item["hint"][0].numpy())
+    fg, bg = orientation_means(sals, hints, delta_fg)
+    flipped = False
+    if not (np.isfinite(fg) and np.isfinite(bg)):
+        log.warning(
+            "saliency orientation: no evidence on %d images (hint >= %g on %s pixels); "
+            "keeping inverted=%s",
+            len(indices),
+            delta_fg,
+            "all" if np.isfinite(fg) else "no",
+            model.is_inverted,
+        )
+    elif fg < bg:
+        model.set_inverted(not model.is_inverted)
+        flipped = True
+    log.info(
+        "saliency orientation on %d images: mean %.3f on hinted foreground, %.3f elsewhere; "
+        "inverted=%s%s",
+        len(indices),
+        fg,
+        bg,
+        model.is_inverted,
+        " (flipped)" if flipped else "",
+    )
+    return OrientationCheck(model.is_inverted, flipped, fg, bg, len(indices))
+
+
+# --------------------------------------------------------------------------------------------
+# Recipe
+
+
+@dataclass
+class TrainedCCAM:
+    model: CCAMNet
+    result: FitResult
+    orientation: OrientationCheck
+
+
+def train_c2amh(
+    dataset: Any,
+    cam_dir: str | Path,
+    *,
+    image_size: int,
+    seed: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float = 1e-4,
+    alpha: float = 0.25,
+    delta_fg: float = 0.4,
+    lambda_h: float = 1.0,
+    smoothing: float = 0.1,
+    backbone: str = "resnet50",
+    weights: str | None = None,
+    output_stride: int = 16,
+    scale_range: tuple[float, float] = (0.625, 1.25),
+    device: str = "cpu",
+    amp: bool = False,
+    num_workers: int = 0,
+    checkpoint: CheckpointConfig | None = None,
+    callbacks: Sequence[Any] = (),
+    progress: bool = True,
+    max_steps_per_epoch: int | None = None,
+    orientation_images: int = 64,
+) -> TrainedCCAM:
+    """Train C²AM-H on ``dataset`` (a reader of the training split) with hints from ``cam_dir``.
+
+    Augmentation: the CAM classifiers' pipeline (random resize of the long side to
+    ``scale_range × image_size``, flip, colour jitter, ``image_size`` crop), applied jointly to
+    image and hint. SGD (Nesterov, the 1/2/10/20 parameter groups, poly LR) through the engine.
+    Afterwards the orientation is fixed on up to ``orientation_images`` un-augmented training
+    images (:func:`fix_orientation`) and the model is returned in eval mode.
+    """
+    transform = classification_train_transform(image_size, None, scale_range=tuple(scale_range))
+    train_set = HintSet(dataset, cam_dir, transform)
+    model = CCAMNet(backbone, weights=weights, output_stride=output_stride)
+    method = C2AMH(model, alpha=alpha, delta_fg=delta_fg, lambda_h=lambda_h, smoothing=smoothing)
+    optimizers = {
+        "ccam": build_sgd(model.param_groups(), lr=lr, weight_decay=weight_decay, nesterov=True)
+    }
+    result = fit(
+        method,
+        train_set,
+        optimizers=optimizers,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        checkpoint=checkpoint,
+        device=device,
+        amp=amp,
+        num_workers=num_workers,
+        collate_fn=collate,
+        callbacks=callbacks,
+        progress=progress,
+        max_steps_per_epoch=max_steps_per_epoch,
+    )
+    model.eval()
+    check = fix_orientation(
+        model, HintSet(dataset, cam_dir), delta_fg=delta_fg, max_images=orientation_images
+    )
+    return TrainedCCAM(model=model, result=result, orientation=check)
+
+
+__all__ = [
+    "C2AMH",
+    "HintSet",
+    "OrientationCheck",
+    "TrainedCCAM",
+    "dequantise_hint",
+    "fix_orientation",
+    "quantise_hint",
+    "train_c2amh",
+]
