@@ -41,6 +41,42 @@ def _metrics_table() -> str:
     return "\n".join(rows) or "  (no metrics yet)"
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _fmt(value: object) -> str:
+    return f"{100 * value:.1f}" if isinstance(value, int | float) else "-"
+
+
+def summary_table(root: Path = Path(".")) -> str:
+    """The pipeline's headline figures: CAMs, saliency, pseudo-masks, DeepLab, registry."""
+    cams = _read_json(root / "metrics/cams.json")
+    sal = _read_json(root / "metrics/saliency.json")
+    pm = _read_json(root / "metrics/pseudo_masks.json")
+    seg = _read_json(root / "metrics/segmentation.json")
+    reg = _read_json(root / "reports/registry.json")
+    split = pm.get("split", "train")
+    rows = [
+        (
+            "CAM mIoU (train / val)",
+            f"{_fmt(cams.get('train', {}).get('miou'))} / {_fmt(cams.get('val', {}).get('miou'))}",
+        ),
+        ("saliency mIoU (val)", _fmt(sal.get("miou"))),
+        (f"pseudo-mask mIoU ({split})", _fmt(pm.get("miou"))),
+        ("DeepLabV3+ mIoU (val)", _fmt(seg.get("miou"))),
+    ]
+    if reg:
+        champion = "yes" if reg.get("promoted") else f"no (champion is v{reg.get('champion')})"
+        rows.append(("registered", f"{reg.get('model_name')} v{reg.get('version')}"))
+        rows.append(("became @champion", champion))
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+
+
 @app.command()
 def repro(
     targets: Annotated[list[str] | None, typer.Argument(help="stages to reproduce")] = None,
@@ -63,6 +99,7 @@ def repro(
     if code != 0:
         raise typer.Exit(code)
     typer.echo("\nMetrics:\n" + _metrics_table())
+    typer.echo("\nSummary (mIoU in %):\n" + summary_table())
     typer.echo(
         f"\nMLflow: run `{Path(sys.executable).parent / 'mlflow'} ui "
         f"--backend-store-uri {tracking.tracking_uri()}` and open http://127.0.0.1:5000 "
@@ -81,6 +118,52 @@ def ablate_cams_cmd(
 
     report = run(methods or ["vanilla", "poc", "pnoc"], seeds or [0, 1], params)
     typer.echo(format_table(report))
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="PNG/JPEG images")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="model URI")
+    ] = "models:/pnoc-segmenter@champion",
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("predictions"),
+    alpha: Annotated[float, typer.Option(help="mask opacity in the overlay")] = 0.5,
+) -> None:
+    """Segment images with a registered model: <stem>_mask.png (VOC palette) and
+    <stem>_overlay.png per image."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from pipelines import tracking
+    from pnoc.data.voc import read_image, write_mask_png
+    from pnoc.errors import PnocError
+    from pnoc.io import atomic_path
+    from pnoc.viz import colorize
+
+    for path in images:
+        if not path.is_file():
+            raise PnocError(f"{path}: image file not found")
+    stems = [p.stem for p in images]
+    if len(set(stems)) != len(stems):
+        raise PnocError(f"two images share a file name stem; outputs would collide: {stems}")
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    try:
+        pyfunc = mlflow.pyfunc.load_model(model)
+    except (mlflow.exceptions.MlflowException, OSError) as exc:
+        first = str(getattr(exc, "message", exc)).strip().splitlines()[0]
+        raise PnocError(
+            f"{model}: cannot load the model from {tracking.tracking_uri()} ({first})"
+        ) from None
+    for path in images:
+        image = read_image(path)
+        mask = np.asarray(pyfunc.predict(pd.DataFrame({"image": [image]}))["mask"][0], np.uint8)
+        write_mask_png(out / f"{path.stem}_mask.png", mask)
+        blend = (1 - alpha) * image.astype(np.float32) + alpha * colorize(mask).astype(np.float32)
+        with atomic_path(out / f"{path.stem}_overlay.png") as tmp:
+            Image.fromarray(blend.round().clip(0, 255).astype(np.uint8)).save(tmp, format="PNG")
+        typer.echo(f"{path}: {out / (path.stem + '_mask.png')}, classes {np.unique(mask).tolist()}")
 
 
 @app.command("check-params")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -220,17 +221,49 @@ class PseudoMaskParams(Section):
     split: str = "train"
 
 
-class Params(Section):
-    """The whole params.yaml."""
+class SegmentationParams(Section):
+    """DeepLabV3+ on the pseudo-masks."""
 
-    base: BaseParams = BaseParams()
-    data: DataParams = DataParams()
-    oc: OCParams = OCParams()
-    cam: CamParams = CamParams()
-    cams: CamsParams = CamsParams()
-    saliency: SaliencyParams = SaliencyParams()
-    affinity: AffinityParams = AffinityParams()
-    pseudo_masks: PseudoMaskParams = PseudoMaskParams()
+    backbone: BackboneName = "resnet18"
+    weights: str | None = None
+    output_stride: Literal[8, 16] = 16
+    epochs: PositiveInt = 6
+    batch_size: PositiveInt = 16
+    lr: PositiveFloat = 0.01
+    weight_decay: NonNegFloat = 1e-4
+    label_smoothing: Smoothing = 0.1
+    scale_range: ScaleRange = (0.75, 1.25)
+    max_steps_per_epoch: PositiveInt | None = None
+    tta_scales: Annotated[list[PositiveFloat], Field(min_length=1)] = [1.0]
+    tta_flip: bool = True
+    crf: bool = False
+
+
+class RegisterParams(Section):
+    model_name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")] = (
+        "pnoc-segmenter"
+    )
+    metric: str = "miou"
+
+
+# The stage is called "register" (as in dvc.yaml); the name shadows pydantic's inherited
+# ABC ``register`` classmethod, which params never use.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "register"')
+
+    class Params(Section):
+        """The whole params.yaml."""
+
+        base: BaseParams = BaseParams()
+        data: DataParams = DataParams()
+        oc: OCParams = OCParams()
+        cam: CamParams = CamParams()
+        cams: CamsParams = CamsParams()
+        saliency: SaliencyParams = SaliencyParams()
+        affinity: AffinityParams = AffinityParams()
+        pseudo_masks: PseudoMaskParams = PseudoMaskParams()
+        segmentation: SegmentationParams = SegmentationParams()
+        register: RegisterParams = RegisterParams()
 
 
 def _format_error(err: dict[str, Any]) -> str:

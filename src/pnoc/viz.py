@@ -57,3 +57,30 @@ def mask_grid(
             grid.paste(Image.fromarray(mixed.clip(0, 255).astype(np.uint8)), (col * tw, y))
     with atomic_path(path) as tmp:
         grid.save(tmp, format="PNG")
+
+
+def confusion_png(
+    matrix: np.ndarray, class_names: Sequence[str], path: str | Path, *, cell: int = 36
+) -> None:
+    """Row-normalised confusion matrix (rows: ground truth, columns: prediction) as a PNG."""
+    from PIL import Image, ImageDraw
+
+    from pnoc.cam.inference import jet
+
+    m = np.asarray(matrix, dtype=np.float64)
+    n = m.shape[0]
+    rows = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    margin = 8 + 6 * max(len(c) for c in class_names)
+    size = (margin + n * cell, margin + n * cell)
+    img = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    for i in range(n):
+        draw.text((2, margin + i * cell + cell // 3), class_names[i], fill=(0, 0, 0))
+        draw.text((margin + i * cell + 2, 2 + (i % 2) * 10), class_names[i][:6], fill=(0, 0, 0))
+        for j in range(n):
+            colour = tuple(int(c) for c in jet(np.array(rows[i, j])))
+            x0, y0 = margin + j * cell, margin + i * cell
+            draw.rectangle((x0, y0, x0 + cell - 1, y0 + cell - 1), fill=colour)
+            draw.text((x0 + 4, y0 + cell // 3), f"{rows[i, j]:.2f}", fill=(0, 0, 0))
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")

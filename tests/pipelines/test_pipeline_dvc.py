@@ -25,6 +25,9 @@ STAGES = (
     "saliency",
     "train_affinity",
     "pseudo_masks",
+    "train_segmentation",
+    "evaluate",
+    "register",
 )
 
 
@@ -86,6 +89,18 @@ def test_saliency_affinity_and_pseudo_mask_outputs(reproduced):
     assert report["gain_over_cams"] == pytest.approx(report["miou"] - cams["train"]["miou"])
     assert 0 <= report["fallback_images"] <= 12
     for plot in ("saliency_overlay.png", "pseudo_masks_overlay.png"):
+        assert (root / "plots" / plot).stat().st_size > 0
+
+
+def test_segmentation_outputs(reproduced):
+    root = reproduced.root
+    assert (root / "models" / "deeplab.pt").stat().st_size > 0
+    report = json.loads((root / "metrics" / "segmentation.json").read_text())
+    assert report["split"] == "val" and report["images"] == 8
+    assert 0.0 <= report["miou"] <= 1.0
+    assert set(report["iou"]) == {"background", "circle", "square", "triangle"}
+    assert np.asarray(report["confusion"]).sum() > 0
+    for plot in ("confusion.png", "segmentation_overlay.png"):
         assert (root / "plots" / plot).stat().st_size > 0
 
 

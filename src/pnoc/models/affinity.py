@@ -15,9 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pnoc.engine import param_groups
-from pnoc.errors import PnocError
-from pnoc.models.backbones import ModelSpec, build_backbone, load_model_checkpoint
+from pnoc.models.backbones import ModelSpec, backbone_head_groups, build_backbone, load_spec_model
 
 ARCH = "affinitynet"
 
@@ -54,9 +52,6 @@ class AffinityNet(nn.Module):
             output_stride=self.backbone.output_stride,
         )
 
-    def heads(self) -> list[nn.Module]:
-        return [self.proj_low, self.proj_out, self.fuse]
-
     def forward(self, x: Tensor) -> Tensor:
         feats = self.backbone(x)
         low = self.proj_low(feats["low"])
@@ -67,17 +62,13 @@ class AffinityNet(nn.Module):
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Backbone at lr × 1, the projection and fusion heads at × 10 (biases × 2)."""
-        return param_groups(self.backbone, self.heads())
+        return backbone_head_groups(self)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, expected_backbone: str | None = None):
-        state, meta = load_model_checkpoint(path, expected_backbone=expected_backbone)
-        spec = ModelSpec.from_meta(meta, path)
-        if spec.arch != ARCH:
-            raise PnocError(f"{path}: checkpoint holds a '{spec.arch}' model, expected '{ARCH}'")
-        model = cls(spec.backbone, output_stride=spec.output_stride, dim=spec.num_classes)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise PnocError(f"{path}: state dict does not fit {spec} ({exc})") from exc
-        return model
+        return load_spec_model(
+            path,
+            ARCH,
+            lambda s: cls(s.backbone, output_stride=s.output_stride, dim=s.num_classes),
+            expected_backbone=expected_backbone,
+        )

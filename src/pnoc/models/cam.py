@@ -12,8 +12,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from pnoc.errors import ConfigError, PnocError
-from pnoc.models.backbones import ModelSpec, build_backbone, load_model_checkpoint
+from pnoc.errors import ConfigError
+from pnoc.models.backbones import ModelSpec, backbone_head_groups, build_backbone, load_spec_model
 
 ARCH = "camnet"
 
@@ -79,42 +79,17 @@ class CAMNet(nn.Module):
         applies) unless ``weight_decay`` is given. Each group also has a ``name`` for logging.
         Empty groups and frozen parameters (``requires_grad=False``) are left out.
         """
-        buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {
-            (h, b): [] for h in (False, True) for b in (False, True)
-        }
-        for name, param in self.named_parameters():
-            if param.requires_grad:
-                buckets[(not name.startswith("backbone."), name.endswith("bias"))].append(param)
-        groups: list[dict[str, Any]] = []
-        for (head, bias), params in buckets.items():
-            if not params:
-                continue
-            mult = lr_mult_head if head else 1.0
-            group: dict[str, Any] = {
-                "name": f"{'head' if head else 'backbone'}_{'bias' if bias else 'weight'}",
-                "params": params,
-                "lr_mult": 2.0 * mult if bias else mult,
-            }
-            if bias:
-                group["weight_decay"] = 0.0
-            elif weight_decay is not None:
-                group["weight_decay"] = weight_decay
-            groups.append(group)
-        return groups
+        return backbone_head_groups(self, lr_mult_head, weight_decay=weight_decay)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, expected_backbone: str | None = None) -> CAMNet:
         """Rebuild a CAMNet saved with :func:`pnoc.models.backbones.save_model` (on CPU)."""
-        state, meta = load_model_checkpoint(path, expected_backbone=expected_backbone)
-        spec = ModelSpec.from_meta(meta, path)
-        if spec.arch != ARCH:
-            raise PnocError(f"{path}: checkpoint holds a '{spec.arch}' model, expected '{ARCH}'")
-        model = cls(spec.backbone, spec.num_classes, output_stride=spec.output_stride)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise PnocError(f"{path}: state dict does not fit {spec} ({exc})") from exc
-        return model
+        return load_spec_model(
+            path,
+            ARCH,
+            lambda s: cls(s.backbone, s.num_classes, output_stride=s.output_stride),
+            expected_backbone=expected_backbone,
+        )
 
 
 def copy_camnet(model: CAMNet) -> CAMNet:

@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pnoc.errors import PnocError
-from pnoc.models.backbones import ModelSpec, build_backbone, load_model_checkpoint
+from pnoc.models.backbones import ModelSpec, backbone_head_groups, build_backbone, load_spec_model
 
 ARCH = "ccam"
 
@@ -114,42 +113,17 @@ class CCAMNet(nn.Module):
         Backbone weights ``lr_mult`` 1, backbone biases 2, head weights ``lr_mult_head``, head
         biases (the BatchNorm shift) 2 × ``lr_mult_head``; biases get ``weight_decay`` 0.
         """
-        buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {
-            (h, b): [] for h in (False, True) for b in (False, True)
-        }
-        for name, param in self.named_parameters():
-            if param.requires_grad:
-                buckets[(not name.startswith("backbone."), name.endswith("bias"))].append(param)
-        groups: list[dict[str, Any]] = []
-        for (head, bias), params in buckets.items():
-            if not params:
-                continue
-            mult = lr_mult_head if head else 1.0
-            group: dict[str, Any] = {
-                "name": f"{'head' if head else 'backbone'}_{'bias' if bias else 'weight'}",
-                "params": params,
-                "lr_mult": 2.0 * mult if bias else mult,
-            }
-            if bias:
-                group["weight_decay"] = 0.0
-            elif weight_decay is not None:
-                group["weight_decay"] = weight_decay
-            groups.append(group)
-        return groups
+        return backbone_head_groups(self, lr_mult_head, weight_decay=weight_decay)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, expected_backbone: str | None = None) -> CCAMNet:
         """Rebuild a CCAMNet saved with :func:`pnoc.models.backbones.save_model` (on CPU)."""
-        state, meta = load_model_checkpoint(path, expected_backbone=expected_backbone)
-        spec = ModelSpec.from_meta(meta, path)
-        if spec.arch != ARCH:
-            raise PnocError(f"{path}: checkpoint holds a '{spec.arch}' model, expected '{ARCH}'")
-        model = cls(spec.backbone, output_stride=spec.output_stride)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise PnocError(f"{path}: state dict does not fit {spec} ({exc})") from exc
-        return model
+        return load_spec_model(
+            path,
+            ARCH,
+            lambda s: cls(s.backbone, output_stride=s.output_stride),
+            expected_backbone=expected_backbone,
+        )
 
 
 __all__ = ["ARCH", "CCAMNet", "Disentangler"]

@@ -13,6 +13,31 @@ from pnoc.errors import PnocError
 EPS = 1e-5
 
 
+def dense_crf(image: np.ndarray, probs: np.ndarray, *, iterations: int = 10) -> np.ndarray:
+    """image H×W×3 uint8, probs (C, H, W) (rows need not sum to 1) -> refined (C, H, W).
+
+    Unary −log p; a Gaussian (sxy 3, compat 3) and a bilateral (sxy 80, srgb 13, compat 10)
+    pairwise term; mean-field ``iterations``.
+    """
+    try:
+        import pydensecrf.densecrf as dcrf
+    except ImportError as exc:
+        raise PnocError(
+            "crf: true needs pydensecrf2 (pip install 'pnoc[crf]' or pip install pydensecrf2)"
+        ) from exc
+    probs = np.asarray(probs, dtype=np.float32)
+    h, w = image.shape[:2]
+    if probs.shape[1:] != (h, w):
+        raise PnocError(f"crf: scores {probs.shape[1:]} do not match the image size {(h, w)}")
+    prob = np.clip(probs, EPS, None)
+    prob = prob / prob.sum(axis=0, keepdims=True)
+    d = dcrf.DenseCRF2D(w, h, prob.shape[0])
+    d.setUnaryEnergy(np.ascontiguousarray(-np.log(prob).reshape(prob.shape[0], -1)))
+    d.addPairwiseGaussian(sxy=3, compat=3)
+    d.addPairwiseBilateral(sxy=80, srgb=13, rgbim=np.ascontiguousarray(image), compat=10)
+    return np.asarray(d.inference(iterations), dtype=np.float32).reshape(prob.shape)
+
+
 def crf_mask(
     image: np.ndarray,
     scores: np.ndarray,
@@ -27,26 +52,11 @@ def crf_mask(
     to a distribution per pixel; a Gaussian (sxy 3, compat 3) and a bilateral (sxy 80, srgb 13,
     compat 10) pairwise term follow.
     """
-    try:
-        import pydensecrf.densecrf as dcrf
-    except ImportError as exc:
-        raise PnocError(
-            "pseudo_masks.crf: true needs pydensecrf2 (pip install 'pnoc[crf]' or "
-            "pip install pydensecrf2)"
-        ) from exc
     scores = np.asarray(scores, dtype=np.float32)
     h, w = image.shape[:2]
-    if scores.shape[1:] != (h, w):
-        raise PnocError(f"crf: scores {scores.shape[1:]} do not match the image size {(h, w)}")
     if len(classes) == 0:
         return np.zeros((h, w), dtype=np.uint8)
-    full = np.concatenate([np.full((1, h, w), bg_threshold, dtype=np.float32), scores])
-    prob = np.clip(full, EPS, None)
-    prob = prob / prob.sum(axis=0, keepdims=True)
-    d = dcrf.DenseCRF2D(w, h, prob.shape[0])
-    d.setUnaryEnergy(np.ascontiguousarray(-np.log(prob).reshape(prob.shape[0], -1)))
-    d.addPairwiseGaussian(sxy=3, compat=3)
-    d.addPairwiseBilateral(sxy=80, srgb=13, rgbim=np.ascontiguousarray(image), compat=10)
-    q = np.asarray(d.inference(iterations)).reshape(prob.shape)
+    full = np.concatenate([np.full((1,) + scores.shape[1:], bg_threshold, np.float32), scores])
+    q = dense_crf(image, full, iterations=iterations)
     lut = np.concatenate([[0], np.asarray(classes, dtype=np.int64)]).astype(np.uint8)
     return lut[q.argmax(axis=0)]

@@ -1,0 +1,102 @@
+"""Stage `register`: log the trained segmenter as an MLflow model and register a new version.
+
+The version is tagged with its metric value (from ``metrics/segmentation.json``), the git
+commit, the dataset hash and the pipeline run; it always becomes the ``challenger`` and becomes
+the ``champion`` only when its metric is strictly higher than the champion's. The decision is
+written to ``reports/registry.json`` and printed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from pipelines.common import main, stage
+from pnoc.errors import PnocError
+from pnoc.io import write_json
+
+CHECKPOINT = Path("models/deeplab.pt")
+METRICS = Path("metrics/segmentation.json")
+REPORT = Path("reports/registry.json")
+
+
+def read_metric(path: Path, key: str) -> float:
+    """The number at ``key`` in a JSON metrics file; a dotted key (``val.miou``) reads nested."""
+    if not path.is_file():
+        raise PnocError(f"{path}: metrics file not found (run the evaluate stage first)")
+    try:
+        data: Any = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PnocError(f"{path}: not valid JSON ({exc})") from None
+    node = data
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            known = sorted(data) if isinstance(data, dict) else []
+            raise PnocError(
+                f"{path}: no metric '{key}' (register.metric); top-level keys: {known}"
+            )
+        node = node[part]
+    if isinstance(node, bool) or not isinstance(node, int | float):
+        raise PnocError(f"{path}: metric '{key}' is {node!r}, not a number")
+    return float(node)
+
+
+def version_tags(run_id: str) -> dict[str, str]:
+    """Lineage of the new version: git commit, dataset hash, stage and pipeline runs."""
+    from pipelines.tracking import lineage_tags
+
+    lineage = lineage_tags("register")
+    run_tags = MlflowClient().get_run(run_id).data.tags
+    tags = {
+        "pnoc.git_commit": lineage.get("mlflow.source.git.commit"),
+        "pnoc.git_dirty": lineage.get("pnoc.git_dirty"),
+        "pnoc.dataset_hash": lineage.get("pnoc.dataset_hash"),
+        "pnoc.pipeline_run_id": run_tags.get("mlflow.parentRunId"),
+        "pnoc.stage_run_id": run_id,
+    }
+    return {k: v for k, v in tags.items() if v}
+
+
+def format_decision(record: dict[str, Any]) -> str:
+    value = record["value"]
+    shown = f"{value:.4f}" if value is not None else "n/a"
+    verdict = "promoted to champion" if record["promoted"] else "not promoted"
+    return (
+        f"{record['model_name']} v{record['version']} ({record['metric']}={shown}): {verdict}; "
+        f"{record['reason']}. champion: v{record['champion']}, challenger: "
+        f"v{record['challenger']}"
+    )
+
+
+def run() -> None:
+    from pipelines.serving import log_segmenter, register
+
+    with stage("register", ["register", "segmentation.tta_scales", "segmentation.tta_flip"]) as ctx:
+        p = ctx.params.register
+        seg = ctx.params.segmentation
+        value = read_metric(METRICS, p.metric)
+        run_id = mlflow.active_run().info.run_id
+        if math.isfinite(value):
+            mlflow.log_metric(p.metric, value)
+        info = log_segmenter(CHECKPOINT, scales=seg.tta_scales, flip=seg.tta_flip)
+        record = register(
+            info.model_uri,
+            p.model_name,
+            metric_name=p.metric,
+            metric_value=value,
+            tags=version_tags(run_id),
+        )
+        mlflow.set_tags(
+            {"pnoc.registered_version": str(record["version"]), "pnoc.promoted": record["promoted"]}
+        )
+        write_json(REPORT, record)
+        print(format_decision(record))
+
+
+if __name__ == "__main__":
+    main(run)

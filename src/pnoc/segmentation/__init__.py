@@ -1,0 +1,1 @@
+"""DeepLabV3+ training on pseudo-masks, test-time augmentation and evaluation."""
