@@ -26,3 +26,8 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# A local S3 server (SeaweedFS on 127.0.0.1) for the DVC remote and MLflow's artifacts
+.PHONY: s3-local
+s3-local: $(STAMP)
+	$(BIN)/pnoc dev s3

@@ -158,7 +158,11 @@ def predict(
         ) from None
     for path in images:
         image = read_image(path)
-        mask = np.asarray(pyfunc.predict(pd.DataFrame({"image": [image]}))["mask"][0], np.uint8)
+        try:
+            pred = pyfunc.predict(pd.DataFrame({"image": [image]}))
+        except mlflow.exceptions.MlflowException as exc:
+            raise PnocError(f"{path}: {exc.message}") from None
+        mask = np.asarray(pred["mask"][0], dtype=np.uint8)
         write_mask_png(out / f"{path.stem}_mask.png", mask)
         blend = (1 - alpha) * image.astype(np.float32) + alpha * colorize(mask).astype(np.float32)
         with atomic_path(out / f"{path.stem}_overlay.png") as tmp:
@@ -172,6 +176,15 @@ def check_params(path: Path = Path("params.yaml")) -> None:
     from pipelines.common import load_params
 
     typer.echo(load_params(path).model_dump_json(indent=2))
+
+
+from pipelines.dev import dev_app  # noqa: E402  (`pnoc dev s3`: local S3 for DVC and MLflow)
+
+app.add_typer(dev_app, name="dev")
+
+from pipelines.sweep import app as sweep_app  # noqa: E402  (`pnoc sweep saliency|adversarial`)
+
+app.add_typer(sweep_app, name="sweep")
 
 
 def main() -> None:

@@ -25,8 +25,11 @@ METRICS = Path("metrics/segmentation.json")
 REPORT = Path("reports/registry.json")
 
 
-def read_metric(path: Path, key: str) -> float:
-    """The number at ``key`` in a JSON metrics file; a dotted key (``val.miou``) reads nested."""
+def read_metric(path: Path, key: str) -> float | None:
+    """The number at ``key`` in a JSON metrics file; a dotted key (``val.miou``) reads nested.
+
+    ``null`` (no valid pixel was scored) gives None: the version is registered, never promoted.
+    """
     if not path.is_file():
         raise PnocError(f"{path}: metrics file not found (run the evaluate stage first)")
     try:
@@ -37,10 +40,10 @@ def read_metric(path: Path, key: str) -> float:
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
             known = sorted(data) if isinstance(data, dict) else []
-            raise PnocError(
-                f"{path}: no metric '{key}' (register.metric); top-level keys: {known}"
-            )
+            raise PnocError(f"{path}: no metric '{key}' (register.metric); top-level keys: {known}")
         node = node[part]
+    if node is None:
+        return None
     if isinstance(node, bool) or not isinstance(node, int | float):
         raise PnocError(f"{path}: metric '{key}' is {node!r}, not a number")
     return float(node)
@@ -81,7 +84,7 @@ def run() -> None:
         seg = ctx.params.segmentation
         value = read_metric(METRICS, p.metric)
         run_id = mlflow.active_run().info.run_id
-        if math.isfinite(value):
+        if value is not None and math.isfinite(value):
             mlflow.log_metric(p.metric, value)
         info = log_segmenter(CHECKPOINT, scales=seg.tta_scales, flip=seg.tta_flip)
         record = register(

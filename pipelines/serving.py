@@ -153,7 +153,11 @@ def images_from_input(model_input: Any) -> list[np.ndarray]:
 
     values: list[tuple[str, Any]] = []
     for i, cell in enumerate(cells):
-        if isinstance(cell, list | tuple | np.ndarray) and len(cell) and all(map(_is_encoded, cell)):
+        if (
+            isinstance(cell, list | tuple | np.ndarray)
+            and len(cell)
+            and all(map(_is_encoded, cell))
+        ):
             values += [(f"{INPUT_COLUMN}[{i}][{j}]", v) for j, v in enumerate(cell)]
         else:
             values.append((f"{INPUT_COLUMN}[{i}]", cell))
@@ -248,8 +252,10 @@ def current_champion(
     when that version records no value for ``metric_name``."""
     try:
         registered = client.get_registered_model(model_name)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
     version = (registered.aliases or {}).get(CHAMPION)
     if version is None:
         return None

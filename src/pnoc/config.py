@@ -24,7 +24,7 @@ NonNegInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0.0)]
 NonNegFloat = Annotated[float, Field(ge=0.0)]
 Smoothing = Annotated[float, Field(ge=0.0, lt=1.0)]
-BackboneName = Literal["resnet18", "resnet34", "resnet50", "resnet101"]
+BackboneName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "efficientnet_lite0"]
 OutputStride = Literal[8, 16, 32]
 
 

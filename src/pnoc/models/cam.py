@@ -22,7 +22,7 @@ class CAMNet(nn.Module):
     """CAM network.
 
     Args:
-        backbone_name: ``resnet18|resnet34|resnet50|resnet101``.
+        backbone_name: ``resnet18|resnet34|resnet50|resnet101|efficientnet_lite0``.
         num_classes: K, the number of foreground classes (background is not a class here).
         weights: backbone weights, see :func:`pnoc.models.backbones.build_backbone`.
         output_stride: 8, 16 or 32.

@@ -47,7 +47,7 @@ class CCAMNet(nn.Module):
     """CCAM saliency network.
 
     Args:
-        backbone_name: ``resnet18|resnet34|resnet50|resnet101``.
+        backbone_name: ``resnet18|resnet34|resnet50|resnet101|efficientnet_lite0``.
         weights: backbone weights, see :func:`pnoc.models.backbones.build_backbone`.
         output_stride: 8, 16 or 32.
     """
