@@ -13,27 +13,19 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from pipelines.common import main, stage
 from pnoc.cam.export import cam_path
 from pnoc.cam.inference import load_cam_npz
 from pnoc.data.factory import open_dataset
-from pnoc.data.transforms import eval_transform
 from pnoc.data.voc import read_mask, write_mask_png
 from pnoc.errors import PnocError
 from pnoc.io import atomic_path, write_json
 from pnoc.metrics import ConfusionMatrix
 from pnoc.models.affinity import AffinityNet
 from pnoc.refine.affinity_labels import IGNORE
-from pnoc.refine.crf import crf_mask
-from pnoc.refine.pseudo_masks import (
-    affinity_features,
-    cam_fallback_mask,
-    propagate_cams,
-    scores_to_mask,
-)
+from pnoc.refine.pseudo_masks import cam_fallback_mask, walk_pseudo_mask
 from pnoc.viz import mask_grid
 
 CAMS = Path("outputs/cams")
@@ -59,7 +51,6 @@ def run() -> None:
         dataset = open_dataset(p.data, cfg.split)
         model = AffinityNet.from_checkpoint(MODEL, expected_backbone=p.affinity.backbone)
         model = model.to(ctx.device).eval()
-        transform = eval_transform()
         walked_cm = ConfusionMatrix(len(dataset.class_names))
         cam_cm = ConfusionMatrix(len(dataset.class_names))
         fallback: list[str] = []
@@ -79,24 +70,7 @@ def run() -> None:
                     mask = cam_mask
                     fallback.append(image_id)
                 else:
-                    x, _ = transform(image, None, np.random.default_rng(0))
-                    feats = affinity_features(
-                        model, torch.as_tensor(x).to(ctx.device), flip=cfg.flip
-                    ).cpu()
-                    scores = propagate_cams(
-                        cams, feats, beta=cfg.beta, exp_times=cfg.exp_times, radius=cfg.radius
-                    )
-                    if cfg.crf:
-                        mask = crf_mask(
-                            image, scores.numpy(), classes, bg_threshold=cfg.bg_threshold
-                        )
-                    else:
-                        mask = scores_to_mask(
-                            scores,
-                            classes,
-                            bg_threshold=cfg.bg_threshold,
-                            uncertain_margin=cfg.uncertain_margin,
-                        )
+                    mask = walk_pseudo_mask(model, image, cams, classes, cfg, device=ctx.device)
                 write_mask_png(tmp / f"{image_id}.png", mask)
                 gt = dataset.load_mask(image_id)
                 if gt is not None:

@@ -39,7 +39,6 @@ import math
 import os
 import re
 import socket
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -909,59 +908,37 @@ def _cli(kind: str, **kw: Any) -> None:
         raise typer.Exit(130)
 
 
-@app.command("saliency")
-def saliency_cmd(
-    num_samples: NumSamples = None,
-    max_concurrent: MaxConcurrent = None,
-    address: Address = None,
-    config: ConfigOpt = SWEEP_CONFIG,
-    apply: Apply = False,
-    name: Name = None,
-    params: ParamsOpt = PARAMS,
-) -> None:
-    """Search C²AM-H's δfg, λh (and more) for the best pseudo-mask proxy."""
-    _cli(
-        "saliency",
-        config=config,
-        params_file=params,
-        name=name,
-        num_samples=num_samples,
-        max_concurrent=max_concurrent,
-        address=address,
-        apply=apply,
-    )
+def _command(kind: str, doc: str) -> Any:
+    def command(
+        num_samples: NumSamples = None,
+        max_concurrent: MaxConcurrent = None,
+        address: Address = None,
+        config: ConfigOpt = SWEEP_CONFIG,
+        apply: Apply = False,
+        name: Name = None,
+        params: ParamsOpt = PARAMS,
+    ) -> None:
+        _cli(
+            kind,
+            config=config,
+            params_file=params,
+            name=name,
+            num_samples=num_samples,
+            max_concurrent=max_concurrent,
+            address=address,
+            apply=apply,
+        )
+
+    command.__doc__ = doc
+    return command
 
 
-@app.command("adversarial")
-def adversarial_cmd(
-    num_samples: NumSamples = None,
-    max_concurrent: MaxConcurrent = None,
-    address: Address = None,
-    config: ConfigOpt = SWEEP_CONFIG,
-    apply: Apply = False,
-    name: Name = None,
-    params: ParamsOpt = PARAMS,
-) -> None:
-    """Search the CAM generator's P-NOC knobs (ow, mask threshold, …) for the best CAM mIoU."""
-    _cli(
+app.command("saliency")(
+    _command("saliency", "Search C²AM-H's δfg, λh (and more) for the best pseudo-mask proxy.")
+)
+app.command("adversarial")(
+    _command(
         "adversarial",
-        config=config,
-        params_file=params,
-        name=name,
-        num_samples=num_samples,
-        max_concurrent=max_concurrent,
-        address=address,
-        apply=apply,
+        "Search the CAM generator's P-NOC knobs (ow, mask threshold, …) for the best CAM mIoU.",
     )
-
-
-def main() -> None:
-    try:
-        app()
-    except PnocError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()
+)

@@ -27,28 +27,17 @@ def run() -> None:
         s = p.saliency
         train = open_dataset(p.data, p.data.train_split)
         trained = train_c2amh(
+            s,
             train,
             CAMS,
             image_size=p.data.image_size,
             seed=p.base.seed,
-            epochs=s.epochs,
-            batch_size=s.batch_size,
-            lr=s.lr,
-            weight_decay=s.weight_decay,
-            alpha=s.alpha,
-            delta_fg=s.delta_fg,
-            lambda_h=s.lambda_h,
-            backbone=s.backbone,
-            weights=s.weights,
-            output_stride=s.output_stride,
-            scale_range=tuple(s.scale_range),
             device=ctx.device,
             amp=p.base.amp,
             num_workers=p.base.num_workers,
             checkpoint=checkpoint_config("train_saliency", p.base, p.data, s),
             callbacks=[MlflowLogger()],
             progress=p.base.progress,
-            max_steps_per_epoch=s.max_steps_per_epoch,
         )
         check = asdict(trained.orientation)
         save_model(OUT, trained.model, {"stage": "train_saliency", "orientation": check})

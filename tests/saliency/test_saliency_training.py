@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pnoc.cam.inference import save_cam_npz
+from pnoc.config import SaliencyParams
 from pnoc.data.base import SampleKey
 from pnoc.data.transforms import (
     IMAGENET_MEAN,
@@ -190,19 +191,11 @@ def test_fix_orientation_flips_an_inverted_model(
 
 def test_tiny_training_run(synthetic_with_cams) -> None:
     dataset, cam_dir = synthetic_with_cams
+    cfg = SaliencyParams(
+        epochs=1, batch_size=2, lr=0.01, backbone="resnet18", max_steps_per_epoch=2
+    )
     trained = train_c2amh(
-        dataset,
-        cam_dir,
-        image_size=32,
-        seed=0,
-        epochs=1,
-        batch_size=2,
-        lr=0.01,
-        backbone="resnet18",
-        output_stride=16,
-        progress=False,
-        max_steps_per_epoch=2,
-        orientation_images=3,
+        cfg, dataset, cam_dir, image_size=32, seed=0, progress=False, orientation_images=3
     )
     assert trained.result.steps == 2
     (epoch,) = trained.result.history

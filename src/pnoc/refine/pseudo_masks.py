@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pnoc.cam.inference import cams_to_mask
+from pnoc.config import PseudoMaskParams
+from pnoc.data.transforms import eval_transform
 from pnoc.models.affinity import AffinityNet
 from pnoc.refine.random_walk import feature_affinities, neighbour_offsets, random_walk
 
@@ -87,3 +89,26 @@ def scores_to_mask(
 def cam_fallback_mask(cams: np.ndarray, classes: np.ndarray, bg_threshold: float) -> np.ndarray:
     """The CAM argmax with a constant background: the mask of an image the walk cannot use."""
     return cams_to_mask(np.asarray(cams, dtype=np.float32), classes, bg_threshold)
+
+
+def walk_pseudo_mask(
+    model: AffinityNet,
+    image: np.ndarray,
+    cams: np.ndarray,
+    classes: np.ndarray,
+    cfg: PseudoMaskParams,
+    *,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """One image's pseudo-mask: AffinityNet features, random walk, background threshold (and
+    the dense CRF when ``cfg.crf``). image H×W×3 uint8, cams (k, H, W) -> (H, W) uint8."""
+    x, _ = eval_transform()(image, None, np.random.default_rng(0))
+    feats = affinity_features(model, torch.as_tensor(x).to(device), flip=cfg.flip).cpu()
+    scores = propagate_cams(cams, feats, beta=cfg.beta, exp_times=cfg.exp_times, radius=cfg.radius)
+    if cfg.crf:
+        from pnoc.refine.crf import crf_mask
+
+        return crf_mask(image, scores.numpy(), classes, bg_threshold=cfg.bg_threshold)
+    return scores_to_mask(
+        scores, classes, bg_threshold=cfg.bg_threshold, uncertain_margin=cfg.uncertain_margin
+    )

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from pnoc.cam.export import cam_path
 from pnoc.cam.inference import load_cam_npz
+from pnoc.config import SaliencyParams
 from pnoc.data.base import SampleKey
 from pnoc.data.transforms import classification_train_transform, eval_transform, to_tensor_image
 from pnoc.data.voc import collate
@@ -251,30 +252,19 @@ class TrainedCCAM:
 
 
 def train_c2amh(
+    cfg: SaliencyParams,
     dataset: Any,
     cam_dir: str | Path,
     *,
     image_size: int,
     seed: int,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float = 1e-4,
-    alpha: float = 0.25,
-    delta_fg: float = 0.4,
-    lambda_h: float = 1.0,
     smoothing: float = 0.1,
-    backbone: str = "resnet50",
-    weights: str | None = None,
-    output_stride: int = 16,
-    scale_range: tuple[float, float] = (0.625, 1.25),
     device: str = "cpu",
     amp: bool = False,
     num_workers: int = 0,
     checkpoint: CheckpointConfig | None = None,
     callbacks: Sequence[Any] = (),
     progress: bool = True,
-    max_steps_per_epoch: int | None = None,
     orientation_images: int = 64,
 ) -> TrainedCCAM:
     """Train C²AM-H on ``dataset`` (a reader of the training split) with hints from ``cam_dir``.
@@ -285,19 +275,27 @@ def train_c2amh(
     Afterwards the orientation is fixed on up to ``orientation_images`` un-augmented training
     images (:func:`fix_orientation`) and the model is returned in eval mode.
     """
-    transform = classification_train_transform(image_size, None, scale_range=tuple(scale_range))
+    transform = classification_train_transform(image_size, None, scale_range=tuple(cfg.scale_range))
     train_set = HintSet(dataset, cam_dir, transform)
-    model = CCAMNet(backbone, weights=weights, output_stride=output_stride)
-    method = C2AMH(model, alpha=alpha, delta_fg=delta_fg, lambda_h=lambda_h, smoothing=smoothing)
+    model = CCAMNet(cfg.backbone, weights=cfg.weights, output_stride=cfg.output_stride)
+    method = C2AMH(
+        model,
+        alpha=cfg.alpha,
+        delta_fg=cfg.delta_fg,
+        lambda_h=cfg.lambda_h,
+        smoothing=smoothing,
+    )
     optimizers = {
-        "ccam": build_sgd(model.param_groups(), lr=lr, weight_decay=weight_decay, nesterov=True)
+        "ccam": build_sgd(
+            model.param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay, nesterov=True
+        )
     }
     result = fit(
         method,
         train_set,
         optimizers=optimizers,
-        epochs=epochs,
-        batch_size=batch_size,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
         seed=seed,
         checkpoint=checkpoint,
         device=device,
@@ -306,11 +304,11 @@ def train_c2amh(
         collate_fn=collate,
         callbacks=callbacks,
         progress=progress,
-        max_steps_per_epoch=max_steps_per_epoch,
+        max_steps_per_epoch=cfg.max_steps_per_epoch,
     )
     model.eval()
     check = fix_orientation(
-        model, HintSet(dataset, cam_dir), delta_fg=delta_fg, max_images=orientation_images
+        model, HintSet(dataset, cam_dir), delta_fg=cfg.delta_fg, max_images=orientation_images
     )
     return TrainedCCAM(model=model, result=result, orientation=check)
 

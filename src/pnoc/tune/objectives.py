@@ -56,12 +56,7 @@ from pnoc.models.cam import CAMNet
 from pnoc.models.ccam import CCAMNet
 from pnoc.refine.affinity import train_affinity
 from pnoc.refine.affinity_labels import IGNORE, make_affinity_labels
-from pnoc.refine.pseudo_masks import (
-    affinity_features,
-    cam_fallback_mask,
-    propagate_cams,
-    scores_to_mask,
-)
+from pnoc.refine.pseudo_masks import cam_fallback_mask, walk_pseudo_mask
 from pnoc.saliency.inference import predict_saliency, saliency_confusion
 from pnoc.saliency.training import HintSet, fix_orientation, train_c2amh
 from pnoc.tune.settings import CAM_METRICS, PROXY_METRICS
@@ -244,30 +239,15 @@ def pseudo_mask_miou(
     )
     model = model.to(device).eval()
     cfg = params.pseudo_masks
-    transform = eval_transform()
     cm = ConfusionMatrix(len(dataset.class_names))
     for image_id in dataset.ids:
         cams, classes = load_cam_npz(cam_path(cam_dir, image_id))
         if not confident[image_id]:
             mask = cam_fallback_mask(cams, classes, cfg.bg_threshold)
         else:
-            image = dataset.load_image(image_id)
-            x, _ = transform(image, None, np.random.default_rng(0))
-            feats = affinity_features(model, torch.as_tensor(x).to(device), flip=cfg.flip).cpu()
-            scores = propagate_cams(
-                cams, feats, beta=cfg.beta, exp_times=cfg.exp_times, radius=cfg.radius
+            mask = walk_pseudo_mask(
+                model, dataset.load_image(image_id), cams, classes, cfg, device=device
             )
-            if cfg.crf:
-                from pnoc.refine.crf import crf_mask
-
-                mask = crf_mask(image, scores.numpy(), classes, bg_threshold=cfg.bg_threshold)
-            else:
-                mask = scores_to_mask(
-                    scores,
-                    classes,
-                    bg_threshold=cfg.bg_threshold,
-                    uncertain_margin=cfg.uncertain_margin,
-                )
         gt = dataset.load_mask(image_id)
         if gt is not None:
             cm.update(np.where(mask == IGNORE, 0, mask), gt)
@@ -375,27 +355,16 @@ def saliency_objective(
     )
     with tap:
         train_c2amh(
+            s,
             train,
             cam_dir,
             image_size=params.data.image_size,
             seed=params.base.seed,
-            epochs=s.epochs,
-            batch_size=s.batch_size,
-            lr=s.lr,
-            weight_decay=s.weight_decay,
-            alpha=s.alpha,
-            delta_fg=s.delta_fg,
-            lambda_h=s.lambda_h,
-            backbone=s.backbone,
-            weights=s.weights,
-            output_stride=s.output_stride,
-            scale_range=tuple(s.scale_range),
             device=device,
             amp=params.base.amp,
             num_workers=params.base.num_workers,
             callbacks=[probe],
             progress=progress,
-            max_steps_per_epoch=s.max_steps_per_epoch,
             orientation_images=orientation_images,
         )
     return probe.last
