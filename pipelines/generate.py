@@ -23,6 +23,7 @@ def run() -> None:
             num_classes=syn.classes,
             image_size=ctx.params.data.image_size,
             seed=syn.seed,
+            cooccurrence=syn.cooccurrence,
         )
         flat = {k: v for k, v in stats.to_dict().items() if isinstance(v, int | float)}
         mlflow.log_metrics({f"synthetic.{k}": float(v) for k, v in flat.items()})

@@ -66,6 +66,7 @@ class SyntheticParams(Section):
     val: PositiveInt = 200
     classes: Annotated[int, Field(ge=1, le=20)] = 6
     seed: NonNegInt = 0
+    cooccurrence: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
 
 
 class DataParams(Section):

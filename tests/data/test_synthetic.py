@@ -97,7 +97,9 @@ def test_ignore_band_lies_on_object_borders(synthetic_root: Path) -> None:
 def test_scene_structure_and_difficulty() -> None:
     n_obj, bias, scales = [], [], []
     for i in range(60):
-        scene = render_scene(seed=0, split="train", index=i, num_classes=6, image_size=96)
+        scene = render_scene(
+            seed=0, split="train", index=i, num_classes=6, image_size=96, cooccurrence=0.7
+        )
         assert 1 <= len(scene.objects) <= 3
         assert 0 <= scene.num_distractors <= 2
         n_obj.append(len(scene.objects))
@@ -128,7 +130,9 @@ def test_mark_is_class_specific_and_body_shared() -> None:
 def test_cooccurrence_bias_is_measurable(tmp_path: Path) -> None:
     """Nearest-centroid on the mean background colour predicts a present class well above chance."""
     root = tmp_path / "bias"
-    stats = generate_synthetic(root, num_train=90, num_val=60, num_classes=6, image_size=48, seed=0)
+    stats = generate_synthetic(
+        root, num_train=90, num_val=60, num_classes=6, image_size=48, seed=0, cooccurrence=0.7
+    )
     assert 0.6 < stats.background_bias < 0.95
 
     def features(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -232,3 +236,15 @@ def test_package_reexports() -> None:
     assert pnoc.data.VOCDataset is VOCDataset
     with pytest.raises(AttributeError):
         pnoc.data.nope  # noqa: B018
+
+
+def test_cooccurrence_is_a_knob(tmp_path: Path) -> None:
+    """The default bias is mild; 0 leaves only chance matches; out of [0, 1] is refused."""
+    args = dict(num_train=80, num_val=1, num_classes=6, image_size=32, seed=0)
+    default = generate_synthetic(tmp_path / "d", **args).background_bias
+    none = generate_synthetic(tmp_path / "n", cooccurrence=0.0, **args).background_bias
+    strong = generate_synthetic(tmp_path / "s", cooccurrence=0.9, **args).background_bias
+    assert none < default < strong
+    assert strong > 0.85 and none < 0.35
+    with pytest.raises(ConfigError, match="cooccurrence"):
+        generate_synthetic(tmp_path / "x", cooccurrence=1.5, **args)

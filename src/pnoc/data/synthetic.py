@@ -7,9 +7,12 @@ What makes it hard in the way P-NOC's target data is hard:
   colour are the same for all classes, carrying a small *mark* (10–15 % of the body's area,
   at a random place inside it) in a saturated class-specific colour and pattern. The mark
   alone identifies the class, so a plain CAM classifier fires on the mark and misses the body.
-- **Co-occurrence bias.** Each class owns a background texture; with probability 0.7 the
-  image background is the texture of one of its present classes (else any texture of the
-  pool, which also holds 4 neutral ones), so CAMs leak into the context.
+- **Co-occurrence bias.** Each class owns a background texture; with probability
+  ``cooccurrence`` (default 0.2) the image background is the texture of one of its present
+  classes (else any texture of the pool, which also holds 4 neutral ones, so a present class's
+  texture still turns up more often than chance), and CAMs leak into the context. Set high
+  (0.7), the texture becomes an easier cue than the mark and a from-scratch or lightly tuned
+  classifier localises backgrounds instead of objects.
 - **Clutter.** 1–3 objects (classes drawn with repetition), random scale and rotation,
   partial occlusion (later objects on top; the mask shows visible pixels; every object keeps
   ≥ 55 % of its area and ≥ 50 % of its mark visible), 0–2 distractor blobs of no class
@@ -51,8 +54,8 @@ MAX_CLASSES = len(CLASS_NAMES)
 MIN_IMAGE_SIZE = 32
 SPLITS: dict[str, int] = {"train": 0, "val": 1}
 
-#: Probability that the background is the preferred texture of a present class.
-COOCCURRENCE_PROB = 0.7
+#: Default probability that the background is the preferred texture of a present class.
+COOCCURRENCE_PROB = 0.2
 NEUTRAL_TEXTURES = 4
 BODY_RADIUS = (0.125, 0.225)  # fraction of the image side: diameters 25–45 %
 MARK_AREA = (0.10, 0.15)  # fraction of the body's area
@@ -379,7 +382,14 @@ def _ignore_band(owner: np.ndarray, width: int) -> np.ndarray:
     return band
 
 
-def render_scene(seed: int, split: str, index: int, num_classes: int, image_size: int) -> Scene:
+def render_scene(
+    seed: int,
+    split: str,
+    index: int,
+    num_classes: int,
+    image_size: int,
+    cooccurrence: float = COOCCURRENCE_PROB,
+) -> Scene:
     """Generate image ``index`` of ``split``; a pure function of its arguments."""
     rng = np.random.default_rng([seed, SPLITS[split], index])
     size = image_size
@@ -437,9 +447,9 @@ def render_scene(seed: int, split: str, index: int, num_classes: int, image_size
             )  # fmt: skip
             break
 
-    # 2. Background: a present class's texture with probability COOCCURRENCE_PROB.
+    # 2. Background: a present class's texture with probability ``cooccurrence``.
     present = sorted({p["k"] for p in placed})
-    from_class = bool(rng.random() < COOCCURRENCE_PROB)
+    from_class = bool(rng.random() < cooccurrence)
     if from_class:
         tex_index = int(present[int(rng.integers(0, len(present)))])
     else:
@@ -586,6 +596,7 @@ def generate_synthetic(
     num_classes: int,
     image_size: int,
     seed: int,
+    cooccurrence: float = COOCCURRENCE_PROB,
 ) -> SyntheticStats:
     """Write the dataset to ``root`` (replacing it) and return its statistics.
 
@@ -593,6 +604,8 @@ def generate_synthetic(
     so an interrupted run never leaves a partial dataset. Image ids are ``<split>_<index:05d>``.
     """
     _check_args(num_train, num_val, num_classes, image_size, seed)
+    if not 0.0 <= cooccurrence <= 1.0:
+        raise ConfigError(f"cooccurrence must be a probability in [0, 1], got {cooccurrence}")
     names = list(CLASS_NAMES[:num_classes])
     stats = SyntheticStats(image_size=image_size, seed=seed, class_names=names)
     n_images = n_objects = n_distractors = n_bias = 0
@@ -609,7 +622,7 @@ def generate_synthetic(
             per_class = dict.fromkeys(names, 0)
             for index in range(count):
                 image_id = f"{split}_{index:05d}"
-                scene = render_scene(seed, split, index, num_classes, image_size)
+                scene = render_scene(seed, split, index, num_classes, image_size, cooccurrence)
                 Image.fromarray(scene.image).save(
                     dirs["JPEGImages"] / f"{image_id}.jpg", format="JPEG", quality=JPEG_QUALITY
                 )
