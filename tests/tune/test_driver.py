@@ -27,7 +27,8 @@ def test_apply_changes_exactly_the_searched_keys(tmp_path: Path):
         "saliency.delta_fg": 0.312345,
         "saliency.lambda_h": 2.5,
         "cam.pnoc.ow.end": 1.7,  # inside a flow mapping
-        "saliency.weights": None,  # unchanged: its line stays as it was
+        # its current value: the line stays as it was
+        "saliency.weights": yaml.safe_load(original)["saliency"]["weights"],
     }
     changes = apply_best(path, values)
     assert len(changes) == 3
