@@ -84,7 +84,7 @@ def test_apply_overrides_returns_a_new_nested_dict(params):
     )
     assert yaml.safe_dump(params) == before  # input untouched
     assert out["saliency"]["delta_fg"] == 0.3
-    assert out["cam"]["pnoc"]["ow"] == {"start": 0.0, "end": 2.0, "until": 1.0}
+    assert out["cam"]["pnoc"]["ow"] == {**params["cam"]["pnoc"]["ow"], "end": 2.0}
     assert get_dotted(out, "saliency.max_steps_per_epoch") == 4
     assert out["saliency"]["lambda_h"] == params["saliency"]["lambda_h"]
     out["cam"]["pnoc"]["ow"]["start"] = 9.0
