@@ -577,7 +577,9 @@ class SyntheticStats:
         return asdict(self)
 
 
-def _check_args(num_train: int, num_val: int, num_classes: int, image_size: int, seed: int) -> None:
+def _check_args(
+    num_train: int, num_val: int, num_classes: int, image_size: int, seed: int, cooccurrence: float
+) -> None:
     if num_train < 1 or num_val < 0:
         raise ConfigError(f"need num_train >= 1 and num_val >= 0, got {num_train}, {num_val}")
     if not 1 <= num_classes <= MAX_CLASSES:
@@ -586,6 +588,8 @@ def _check_args(num_train: int, num_val: int, num_classes: int, image_size: int,
         raise ConfigError(f"image_size must be >= {MIN_IMAGE_SIZE}, got {image_size}")
     if seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed}")
+    if not 0.0 <= cooccurrence <= 1.0:
+        raise ConfigError(f"cooccurrence must be a probability in [0, 1], got {cooccurrence}")
 
 
 def generate_synthetic(
@@ -603,9 +607,7 @@ def generate_synthetic(
     Everything is written into a temporary sibling folder renamed onto ``root`` at the end,
     so an interrupted run never leaves a partial dataset. Image ids are ``<split>_<index:05d>``.
     """
-    _check_args(num_train, num_val, num_classes, image_size, seed)
-    if not 0.0 <= cooccurrence <= 1.0:
-        raise ConfigError(f"cooccurrence must be a probability in [0, 1], got {cooccurrence}")
+    _check_args(num_train, num_val, num_classes, image_size, seed, cooccurrence)
     names = list(CLASS_NAMES[:num_classes])
     stats = SyntheticStats(image_size=image_size, seed=seed, class_names=names)
     n_images = n_objects = n_distractors = n_bias = 0
