@@ -3,7 +3,9 @@
 Outputs ``outputs/pseudo_masks/<id>.png`` (VOC palette) for ``pseudo_masks.split``,
 ``metrics/pseudo_masks.json`` (mIoU against the ground truth, as WSSS papers report on train,
 next to the CAMs' best mIoU on the same split; images that fell back to the CAM argmax) and an
-overlay grid (image | ground truth | CAM argmax | pseudo-mask).
+overlay grid (image | ground truth | CAM argmax | pseudo-mask). With
+``pseudo_masks.background: saliency`` the C²AM-H saliency (``outputs/saliency``) below
+``saliency.threshold`` is background in the pseudo-masks and in their fallback alike.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from pnoc.io import atomic_path, write_json
 from pnoc.metrics import ConfusionMatrix
 from pnoc.models.affinity import AffinityNet
 from pnoc.refine.affinity_labels import IGNORE
-from pnoc.refine.pseudo_masks import cam_fallback_mask, walk_pseudo_mask
+from pnoc.refine.pseudo_masks import cam_fallback_mask, saliency_gate, walk_pseudo_mask
+from pnoc.saliency.inference import load_saliency_png, saliency_path
 from pnoc.viz import mask_grid
 
 CAMS = Path("outputs/cams")
 LABELS = Path("outputs/affinity_labels")
+SALIENCY = Path("outputs/saliency")
 MODEL = Path("models/affinity.pt")
 CAM_METRICS = Path("metrics/cams.json")
 OUT = Path("outputs/pseudo_masks")
@@ -45,7 +49,8 @@ def cam_miou(split: str) -> float | None:
 
 
 def run() -> None:
-    with stage("pseudo_masks", ["base", "data", "affinity.backbone", "pseudo_masks"]) as ctx:
+    params = ["base", "data", "affinity.backbone", "saliency.threshold", "pseudo_masks"]
+    with stage("pseudo_masks", params) as ctx:
         p = ctx.params
         cfg = p.pseudo_masks
         dataset = open_dataset(p.data, cfg.split)
@@ -65,12 +70,26 @@ def run() -> None:
                     raise PnocError(
                         f"{labels_file}: affinity labels missing (rerun train_affinity)"
                     )
+                sal = None
+                if cfg.background == "saliency":
+                    sal = load_saliency_png(
+                        saliency_path(SALIENCY, image_id), expected_size=cams.shape[1:]
+                    )
                 cam_mask = cam_fallback_mask(cams, classes, cfg.bg_threshold)
                 if not (read_mask(labels_file) != IGNORE).any():
-                    mask = cam_mask
+                    mask = saliency_gate(cam_mask, sal, p.saliency.threshold)
                     fallback.append(image_id)
                 else:
-                    mask = walk_pseudo_mask(model, image, cams, classes, cfg, device=ctx.device)
+                    mask = walk_pseudo_mask(
+                        model,
+                        image,
+                        cams,
+                        classes,
+                        cfg,
+                        device=ctx.device,
+                        saliency=sal,
+                        saliency_threshold=p.saliency.threshold,
+                    )
                 write_mask_png(tmp / f"{image_id}.png", mask)
                 gt = dataset.load_mask(image_id)
                 if gt is not None:

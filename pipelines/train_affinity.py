@@ -37,7 +37,12 @@ def write_labels(dataset, cfg, out_dir: Path) -> dict:
         cams, classes = load_cam_npz(cam_path(CAMS, image_id))
         sal = load_saliency_png(saliency_path(SALIENCY, image_id), expected_size=cams.shape[1:])
         labels = make_affinity_labels(
-            cams, classes, sal, fg_threshold=cfg.fg_threshold, bg_threshold=cfg.bg_threshold
+            cams,
+            classes,
+            sal,
+            fg_threshold=cfg.fg_threshold,
+            bg_threshold=cfg.bg_threshold,
+            fg_saliency=cfg.fg_saliency,
         )
         write_mask_png(out_dir / f"{image_id}.png", labels)
         known = labels != IGNORE

@@ -185,17 +185,29 @@ class SaliencyParams(Section):
     weight_decay: NonNegFloat = 1e-4
     scale_range: ScaleRange = (0.75, 1.25)
     max_steps_per_epoch: PositiveInt | None = None
+    features: Literal["out", "low"] = "out"  # disentangler input: last stage or stride-4 stage
     alpha: NonNegFloat = 0.25  # rank weighting of CCAM's positive-pair terms
     delta_fg: Fraction = 0.4  # hint pixels: max CAM >= delta_fg
+    delta_bg: Fraction | None = None  # also hint background where max CAM < delta_bg
     lambda_h: NonNegFloat = 1.0  # weight of the hint term (0: plain CCAM)
     threshold: Fraction = 0.5  # saliency >= threshold is foreground (quality metric)
     flip: bool = True
+
+    @model_validator(mode="after")
+    def _bg_below_fg(self) -> SaliencyParams:
+        if self.delta_bg is not None and self.delta_bg > self.delta_fg:
+            raise ValueError(
+                f"saliency.delta_bg: expected <= saliency.delta_fg ({self.delta_fg}), "
+                f"got {self.delta_bg}"
+            )
+        return self
 
 
 class AffinityParams(Section):
     """Affinity labels (CAMs + saliency) and the AffinityNet trained on them."""
 
     fg_threshold: Fraction = 0.4  # max CAM >= fg_threshold: confident foreground (its argmax)
+    fg_saliency: Fraction = 0.0  # ... where saliency >= fg_saliency too (0: CAMs alone)
     bg_threshold: Fraction = 0.1  # saliency <= bg_threshold: confident background
     radius: PositiveInt = 5  # pair radius on the stride-4 feature map during training
     backbone: BackboneName = "resnet18"
@@ -216,6 +228,9 @@ class PseudoMaskParams(Section):
     exp_times: Annotated[int, Field(ge=0, le=12)] = 8
     radius: PositiveInt = 5
     bg_threshold: Fraction = 0.3
+    # threshold: background where the walked CAMs are below bg_threshold (IRN);
+    # saliency: also where the C²AM-H saliency is below saliency.threshold
+    background: Literal["threshold", "saliency"] = "threshold"
     uncertain_margin: Fraction = 0.0  # > 0: pixels whose top-2 scores are this close get 255
     flip: bool = True
     crf: bool = False  # dense CRF (pydensecrf2) on top of the walk

@@ -24,6 +24,16 @@ def test_affinity_labels_confident_fg_bg_and_conflicts_ignored():
     labels = make_affinity_labels(cams, np.array([3, 5]), sal, fg_threshold=0.4, bg_threshold=0.1)
     assert labels.tolist() == [[3, 5, 0], [255, 255, 255]]
     assert confident_fraction(labels) == pytest.approx(3 / 6)
+    # a saliency gate: the conflict at saliency 0 is no longer fg, so it becomes bg; above 0.9
+    # it also drops both fg pixels
+    gated = make_affinity_labels(
+        cams, np.array([3, 5]), sal, fg_threshold=0.4, bg_threshold=0.1, fg_saliency=0.95
+    )
+    assert gated.tolist() == [[255, 255, 0], [0, 255, 255]]
+    gated = make_affinity_labels(
+        cams, np.array([3, 5]), sal, fg_threshold=0.4, bg_threshold=0.1, fg_saliency=0.8
+    )
+    assert gated.tolist() == [[3, 5, 0], [0, 255, 255]]
 
 
 def test_affinity_labels_without_classes_are_background_or_ignore():

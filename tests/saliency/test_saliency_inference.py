@@ -18,6 +18,7 @@ from pnoc.saliency.inference import (
     predict_saliency,
     saliency_confusion,
     saliency_overlay_grid,
+    saliency_sweep_confusion,
     save_saliency_png,
 )
 
@@ -86,3 +87,16 @@ def test_overlay_grid(tmp_path: Path) -> None:
     saliency_overlay_grid(images, sals, path)
     with Image.open(path) as im:
         assert im.size == (30, 16)
+
+
+def test_sweep_confusion_equals_one_threshold_at_a_time() -> None:
+    rng = np.random.default_rng(0)
+    sal = rng.random((12, 10)).astype(np.float32)
+    sal[0, :3] = [0.25, 0.5, 0.75]  # values exactly on thresholds count as foreground
+    gt = rng.integers(0, 3, (12, 10)).astype(np.uint8)
+    gt[5] = 255
+    thresholds = [0.75, 0.05, 0.25, 0.5, 0.95]  # any order
+    sweep = saliency_sweep_confusion(sal, gt, thresholds)
+    assert sweep.shape == (5, 2, 2)
+    for i, t in enumerate(thresholds):
+        np.testing.assert_array_equal(sweep[i], saliency_confusion(sal, gt, t))

@@ -109,3 +109,18 @@ def test_hint_loss_resizes_hints() -> None:
     hints = torch.zeros(1, 1, 8, 8)
     hints[..., :4, :4] = 1.0  # one logit pixel selected
     assert float(hint_loss(logits, hints)) == pytest.approx(math.log(2), rel=1e-4)
+
+
+def test_hint_loss_with_background_cues() -> None:
+    logits = torch.tensor([[[[0.0, 1.0], [2.0, -1.0]]]], requires_grad=True)
+    hints = torch.tensor([[[[0.5, 0.05], [0.4, 0.2]]]])
+    loss = hint_loss(logits, hints, delta_fg=0.4, smoothing=0.1, delta_bg=0.1)
+    # fg: hints 0.5 and 0.4 -> target 0.95; bg: hint 0.05 -> target 0.05; 0.2 ignored;
+    # each cue's mean weighs half
+    expected = ((_bce(0.0, 0.95) + _bce(2.0, 0.95)) / 2 + _bce(1.0, 0.05)) / 2
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-4)
+    loss.backward()
+    grad = logits.grad[0, 0]
+    assert grad[1, 1] == 0 and grad[0, 1] > 0  # the bg cue pushes its logit down
+    with pytest.raises(ValueError, match="delta_bg"):
+        hint_loss(logits, hints, delta_fg=0.4, delta_bg=0.5)

@@ -72,3 +72,22 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     save_model(tmp_path / "cam.pt", CAMNet("resnet18", 2), {})
     with pytest.raises(PnocError, match="'camnet'"):
         CCAMNet.from_checkpoint(tmp_path / "cam.pt")
+
+
+def test_low_features_give_a_stride_4_partition(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    net = CCAMNet("resnet18", output_stride=16, features="low").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        fg, bg, logits = net(x)
+        low = net.backbone(x)["low"]
+    assert logits.shape == (2, 1, 16, 16) and fg.shape == (2, low.shape[1])
+    torch.testing.assert_close(fg + bg, low.mean((2, 3)), rtol=1e-4, atol=1e-5)
+    path = tmp_path / "ccam_low.pt"
+    save_model(path, net, {})
+    loaded = CCAMNet.from_checkpoint(path).eval()
+    assert loaded.features == "low"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.saliency(x), net.saliency(x))
+    with pytest.raises(ValueError, match="features"):
+        CCAMNet("resnet18", features="mid")

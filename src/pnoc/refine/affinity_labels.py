@@ -1,6 +1,8 @@
 """Affinity labels: where the CAMs and the saliency are confident, ignore elsewhere.
 
-A pixel is *confident foreground* when its best CAM is ≥ ``fg_threshold`` (label = that class),
+A pixel is *confident foreground* when its best CAM is ≥ ``fg_threshold`` (label = that class)
+and its saliency is ≥ ``fg_saliency`` (0, the default, leaves the CAM alone to decide; a higher
+value keeps CAM spill-over onto what saliency calls background out of the foreground labels),
 *confident background* when its saliency is ≤ ``bg_threshold`` (label 0). Pixels that are
 neither, or both (a CAM leaking into what saliency calls background), get 255 (ignored). The
 AffinityNet learns from pairs of confident pixels only: same label → affine, different → not.
@@ -22,6 +24,7 @@ def make_affinity_labels(
     *,
     fg_threshold: float,
     bg_threshold: float,
+    fg_saliency: float = 0.0,
 ) -> np.ndarray:
     """cams (k, H, W) in [0, 1], classes (k,) 1-based, saliency (H, W) in [0, 1] -> (H, W) uint8.
 
@@ -43,7 +46,7 @@ def make_affinity_labels(
     labels = np.full((h, w), IGNORE, dtype=np.uint8)
     if len(classes):
         best = cams.max(axis=0)
-        fg = best >= fg_threshold
+        fg = (best >= fg_threshold) & (saliency >= fg_saliency)
         lut = np.asarray(classes, dtype=np.uint8)
         labels[fg] = lut[cams.argmax(axis=0)][fg]
     else:

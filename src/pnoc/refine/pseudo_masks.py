@@ -5,9 +5,16 @@ Per image (IRN's recipe, with a sparse transition matrix):
 2. the image's present-class CAMs are reduced to the feature grid (area average);
 3. random walk: x ← x·T^(2^exp_times), T the column-normalised a^β over neighbours within
    ``radius`` (:mod:`pnoc.refine.random_walk`);
-4. upsampled back (bilinear), each class divided by its maximum; background is the constant
-   ``bg_threshold``; argmax gives the mask. With ``uncertain_margin`` > 0, pixels whose two best
-   scores are closer than the margin get 255.
+4. upsampled back (bilinear) and divided by the maximum over all classes and pixels (IRN's and
+   the authors' normalisation: a class the walk weakened stays weak, where a per-class maximum
+   would lift a class's spill-over onto the background to the level of real objects);
+   background is the constant ``bg_threshold``; argmax gives the mask. With ``uncertain_margin``
+   > 0, pixels whose two best scores are closer than the margin get 255;
+5. with ``background: saliency`` (P-NOC's use of C²AM-H, whose saliency is the background cue
+   of the authors' pseudo-labels), pixels whose saliency is below the saliency threshold are
+   background too (:func:`saliency_gate`): the saliency decides where objects end, the walked
+   CAMs which class they are. On the embedded dataset, whose stride-16 CAMs spill well past the
+   objects, this is what lifts the pseudo-masks above the CAMs.
 
 Images whose affinity labels hold no confident pixel cannot be trusted to the walk (the net saw
 no pair from them); :func:`cam_fallback_mask` gives their CAM argmax instead, and the stage counts
@@ -50,7 +57,7 @@ def propagate_cams(
     exp_times: int,
     radius: int,
 ) -> Tensor:
-    """cams (k, H, W) -> walked maps (k, H, W) float32, each class scaled to max 1."""
+    """cams (k, H, W) -> walked maps (k, H, W) float32, scaled so that the overall max is 1."""
     cams_t = torch.as_tensor(
         np.asarray(cams, dtype=np.float32) if not isinstance(cams, Tensor) else cams.float()
     )
@@ -65,7 +72,7 @@ def propagate_cams(
     )
     up = F.interpolate(walked[None], size=(h, w), mode="bilinear", align_corners=False)[0]
     up = up.clamp(min=0)
-    return up / up.amax(dim=(1, 2), keepdim=True).clamp(min=1e-5)
+    return up / up.max().clamp(min=1e-5)
 
 
 def scores_to_mask(
@@ -86,6 +93,20 @@ def scores_to_mask(
     return mask
 
 
+def saliency_gate(mask: np.ndarray, saliency: np.ndarray | None, threshold: float) -> np.ndarray:
+    """Background (0) where ``saliency`` < ``threshold``; ``mask`` unchanged elsewhere.
+
+    mask (H, W) uint8, saliency (H, W) in [0, 1] or None (no gate). Raises ``ValueError`` when
+    the sizes differ.
+    """
+    if saliency is None:
+        return mask
+    sal = np.asarray(saliency)
+    if sal.shape != mask.shape:
+        raise ValueError(f"saliency of size {sal.shape} does not match the mask's {mask.shape}")
+    return np.where(sal < threshold, 0, mask).astype(np.uint8)
+
+
 def cam_fallback_mask(cams: np.ndarray, classes: np.ndarray, bg_threshold: float) -> np.ndarray:
     """The CAM argmax with a constant background: the mask of an image the walk cannot use."""
     return cams_to_mask(np.asarray(cams, dtype=np.float32), classes, bg_threshold)
@@ -99,16 +120,21 @@ def walk_pseudo_mask(
     cfg: PseudoMaskParams,
     *,
     device: str | torch.device = "cpu",
+    saliency: np.ndarray | None = None,
+    saliency_threshold: float = 0.5,
 ) -> np.ndarray:
     """One image's pseudo-mask: AffinityNet features, random walk, background threshold (and
-    the dense CRF when ``cfg.crf``). image H×W×3 uint8, cams (k, H, W) -> (H, W) uint8."""
+    the dense CRF when ``cfg.crf``), then the saliency gate when ``saliency`` is given (see
+    :func:`saliency_gate`). image H×W×3 uint8, cams (k, H, W) -> (H, W) uint8."""
     x, _ = eval_transform()(image, None, np.random.default_rng(0))
     feats = affinity_features(model, torch.as_tensor(x).to(device), flip=cfg.flip).cpu()
     scores = propagate_cams(cams, feats, beta=cfg.beta, exp_times=cfg.exp_times, radius=cfg.radius)
     if cfg.crf:
         from pnoc.refine.crf import crf_mask
 
-        return crf_mask(image, scores.numpy(), classes, bg_threshold=cfg.bg_threshold)
-    return scores_to_mask(
-        scores, classes, bg_threshold=cfg.bg_threshold, uncertain_margin=cfg.uncertain_margin
-    )
+        mask = crf_mask(image, scores.numpy(), classes, bg_threshold=cfg.bg_threshold)
+    else:
+        mask = scores_to_mask(
+            scores, classes, bg_threshold=cfg.bg_threshold, uncertain_margin=cfg.uncertain_margin
+        )
+    return saliency_gate(mask, saliency, saliency_threshold)

@@ -165,6 +165,34 @@ def saliency_confusion(sal: np.ndarray, gt_mask: np.ndarray, threshold: float) -
     return np.bincount(truth * 2 + pred, minlength=4).reshape(2, 2).astype(np.int64)
 
 
+def saliency_sweep_confusion(
+    sal: np.ndarray, gt_mask: np.ndarray, thresholds: Sequence[float] | np.ndarray
+) -> np.ndarray:
+    """(T, 2, 2) int64: :func:`saliency_confusion` at every threshold, in one pass.
+
+    Each valid pixel's saliency is ranked against the sorted thresholds once; the counts of
+    predicted foreground at threshold t are the pixels whose saliency is ≥ t.
+    """
+    sal = np.asarray(sal)
+    gt = np.asarray(gt_mask)
+    if sal.shape != gt.shape:
+        raise ValueError(f"saliency shape {sal.shape} differs from mask shape {gt.shape}")
+    t = np.asarray(thresholds, dtype=np.float64)
+    order = np.argsort(t)
+    valid = gt != IGNORE_INDEX
+    truth = (gt > 0)[valid]
+    values = sal[valid].astype(np.float64)
+    out = np.zeros((len(t), 2, 2), dtype=np.int64)
+    for row, pixels in ((0, values[~truth]), (1, values[truth])):
+        # number of sorted thresholds <= each value -> pixel is fg for those thresholds
+        rank = np.searchsorted(t[order], pixels, side="right")
+        hist = np.bincount(rank, minlength=len(t) + 1)
+        fg_counts = hist[::-1].cumsum()[::-1][1:]  # fg at sorted threshold j: rank > j
+        out[order, row, 1] = fg_counts
+        out[order, row, 0] = len(pixels) - fg_counts
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Overlays
 
@@ -207,5 +235,6 @@ __all__ = [
     "predict_saliency",
     "save_saliency_png",
     "saliency_confusion",
+    "saliency_sweep_confusion",
     "saliency_overlay_grid",
 ]

@@ -45,6 +45,7 @@ class C2AMH:
         model: the CCAM network (optimizer ``"ccam"``).
         alpha: rank-weighting α of SimMax.
         delta_fg: hint threshold δ_fg: pixels with hint ≥ δ_fg are supervised as foreground.
+        delta_bg: with a value, pixels with hint < δ_bg are supervised as background too.
         lambda_h: weight λ_h of the hint term (0 = plain CCAM; the batch then needs no hint).
         smoothing: ε; the hint target is 1 − ε/2.
 
@@ -62,6 +63,7 @@ class C2AMH:
         delta_fg: float = 0.4,
         lambda_h: float = 1.0,
         smoothing: float = 0.1,
+        delta_bg: float | None = None,
     ) -> None:
         if lambda_h < 0:
             raise ConfigError(f"lambda_h: expected >= 0, got {lambda_h}")
@@ -69,9 +71,14 @@ class C2AMH:
             raise ConfigError(f"smoothing: expected 0 <= eps < 1, got {smoothing}")
         if not 0.0 < delta_fg <= 1.0:
             raise ConfigError(f"delta_fg: expected 0 < delta_fg <= 1, got {delta_fg}")
+        if delta_bg is not None and not 0.0 <= delta_bg <= delta_fg:
+            raise ConfigError(
+                f"delta_bg: expected 0 <= delta_bg <= delta_fg={delta_fg}, got {delta_bg}"
+            )
         self.model = model
         self.alpha = alpha
         self.delta_fg = delta_fg
+        self.delta_bg = delta_bg
         self.lambda_h = lambda_h
         self.smoothing = smoothing
 
@@ -92,11 +99,15 @@ class C2AMH:
             if hints is not None:
                 h = hint_map(hints.to(ctx.device, non_blocking=True), tuple(logits.shape[-2:]))
                 if self.lambda_h > 0:
-                    terms["hint"] = hint_loss(logits, h, self.delta_fg, self.smoothing)
+                    terms["hint"] = hint_loss(
+                        logits, h, self.delta_fg, self.smoothing, self.delta_bg
+                    )
                     loss = loss + self.lambda_h * terms["hint"]
                 else:  # logged only
                     with torch.no_grad():
-                        terms["hint"] = hint_loss(logits, h, self.delta_fg, self.smoothing)
+                        terms["hint"] = hint_loss(
+                            logits, h, self.delta_fg, self.smoothing, self.delta_bg
+                        )
             else:
                 terms["hint"] = loss.new_zeros(())
         ctx.update("ccam", loss, terms)
@@ -277,11 +288,14 @@ def train_c2amh(
     """
     transform = classification_train_transform(image_size, None, scale_range=tuple(cfg.scale_range))
     train_set = HintSet(dataset, cam_dir, transform)
-    model = CCAMNet(cfg.backbone, weights=cfg.weights, output_stride=cfg.output_stride)
+    model = CCAMNet(
+        cfg.backbone, weights=cfg.weights, output_stride=cfg.output_stride, features=cfg.features
+    )
     method = C2AMH(
         model,
         alpha=cfg.alpha,
         delta_fg=cfg.delta_fg,
+        delta_bg=cfg.delta_bg,
         lambda_h=cfg.lambda_h,
         smoothing=smoothing,
     )

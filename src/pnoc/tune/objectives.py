@@ -175,6 +175,7 @@ def proxy_metrics(
             sal,
             fg_threshold=params.affinity.fg_threshold,
             bg_threshold=params.affinity.bg_threshold,
+            fg_saliency=params.affinity.fg_saliency,
         )
         known = (labels != IGNORE) & (gt != IGNORE)
         labels_cm.update(labels[known], gt[known])
@@ -223,6 +224,7 @@ def pseudo_mask_miou(
                 saliency[image_id],
                 fg_threshold=a.fg_threshold,
                 bg_threshold=a.bg_threshold,
+                fg_saliency=a.fg_saliency,
             )
             confident[image_id] = bool((labels != IGNORE).any())
             if ds is train:
