@@ -22,7 +22,7 @@ SWEEP_SETTINGS = {
         "metric": "cam_saliency_miou",
         "epochs": 2,
         "space": [
-            {"param": "saliency.delta_fg", "low": 0.2, "high": 0.7},
+            {"param": "saliency.delta_fg", "low": 0.3, "high": 0.7},
             {"param": "saliency.lambda_h", "low": 0.1, "high": 10.0, "log": True},
             # A weight file that does not exist: trials drawing it crash (on purpose).
             {"param": "saliency.weights", "choices": [None, "/nonexistent/ccam.pth"]},

@@ -78,7 +78,7 @@ def test_bad_settings_are_refused(params, config, kind, changes, message):
 
 def test_the_full_objective_may_search_affinity_and_walk_params(params, config):
     space = [
-        {"param": "saliency.delta_fg", "low": 0.2, "high": 0.7},
+        {"param": "saliency.delta_fg", "low": 0.3, "high": 0.7},
         {"param": "affinity.radius", "low": 2, "high": 6},
         {"param": "pseudo_masks.beta", "low": 4, "high": 12},
     ]

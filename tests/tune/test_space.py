@@ -20,7 +20,7 @@ def params() -> dict[str, Any]:
 def test_ranges_and_choices_parse_with_the_parameter_type():
     space = parse_space(
         [
-            {"param": "saliency.delta_fg", "low": 0.2, "high": 0.7},
+            {"param": "saliency.delta_fg", "low": 0.3, "high": 0.7},
             {"param": "saliency.lambda_h", "low": 0.1, "high": 10, "log": True},
             {"param": "affinity.radius", "low": 2, "high": 6},
             {"param": "cam.method", "choices": ["poc", "pnoc"]},
@@ -67,10 +67,10 @@ def test_empty_space_and_duplicates_are_refused():
 
 
 def test_bounds_the_parameter_refuses_are_caught_before_any_trial(params):
-    validate_space(parse_space([{"param": "saliency.delta_fg", "low": 0.2, "high": 1.0}]), params)
+    validate_space(parse_space([{"param": "saliency.delta_fg", "low": 0.3, "high": 1.0}]), params)
     with pytest.raises(ConfigError, match=r"saliency.delta_fg: 1.5 is not a valid value"):
         validate_space(
-            parse_space([{"param": "saliency.delta_fg", "low": 0.2, "high": 1.5}]), params
+            parse_space([{"param": "saliency.delta_fg", "low": 0.3, "high": 1.5}]), params
         )
     with pytest.raises(ConfigError, match="magic"):
         validate_space(parse_space([{"param": "cam.method", "choices": ["poc", "magic"]}]), params)
@@ -98,7 +98,7 @@ def test_ray_space_converts_to_the_same_optuna_distributions():
 
     space = parse_space(
         [
-            {"param": "saliency.delta_fg", "low": 0.2, "high": 0.7},
+            {"param": "saliency.delta_fg", "low": 0.3, "high": 0.7},
             {"param": "saliency.lambda_h", "low": 0.1, "high": 10, "log": True},
             {"param": "affinity.radius", "low": 2, "high": 6},
             {"param": "affinity.epochs", "low": 1, "high": 8, "log": True},

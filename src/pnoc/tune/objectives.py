@@ -56,7 +56,7 @@ from pnoc.models.cam import CAMNet
 from pnoc.models.ccam import CCAMNet
 from pnoc.refine.affinity import train_affinity
 from pnoc.refine.affinity_labels import IGNORE, make_affinity_labels
-from pnoc.refine.pseudo_masks import cam_fallback_mask, walk_pseudo_mask
+from pnoc.refine.pseudo_masks import cam_fallback_mask, saliency_gate, walk_pseudo_mask
 from pnoc.saliency.inference import predict_saliency, saliency_confusion
 from pnoc.saliency.training import HintSet, fix_orientation, train_c2amh
 from pnoc.tune.settings import CAM_METRICS, PROXY_METRICS
@@ -205,7 +205,8 @@ def pseudo_mask_miou(
     """The full objective: AffinityNet on the affinity labels of ``train``, then the walk.
 
     Mirrors the ``train_affinity`` and ``pseudo_masks`` stages (labels, training, walk,
-    background threshold, optional CRF, CAM fallback for images without a confident pixel)
+    background threshold, optional CRF, the saliency gate with ``background: saliency``, CAM
+    fallback for images without a confident pixel)
     and returns the mIoU of the walked masks of ``dataset`` against its ground truth.
     ``saliency`` must hold the maps of both datasets' images.
     """
@@ -244,11 +245,21 @@ def pseudo_mask_miou(
     cm = ConfusionMatrix(len(dataset.class_names))
     for image_id in dataset.ids:
         cams, classes = load_cam_npz(cam_path(cam_dir, image_id))
+        sal = saliency[image_id] if cfg.background == "saliency" else None
         if not confident[image_id]:
-            mask = cam_fallback_mask(cams, classes, cfg.bg_threshold)
+            mask = saliency_gate(
+                cam_fallback_mask(cams, classes, cfg.bg_threshold), sal, params.saliency.threshold
+            )
         else:
             mask = walk_pseudo_mask(
-                model, dataset.load_image(image_id), cams, classes, cfg, device=device
+                model,
+                dataset.load_image(image_id),
+                cams,
+                classes,
+                cfg,
+                device=device,
+                saliency=sal,
+                saliency_threshold=params.saliency.threshold,
             )
         gt = dataset.load_mask(image_id)
         if gt is not None:
