@@ -114,3 +114,12 @@ def test_affinitynet_shapes_and_checkpoint_round_trip(tmp_path):
     assert torch.equal(again(x), out)
     with pytest.raises(PnocError, match="backbone 'resnet18', expected 'resnet50'"):
         AffinityNet.from_checkpoint(tmp_path / "a.pt", expected_backbone="resnet50")
+
+
+def test_affinity_loss_without_confident_pairs_is_zero_and_backpropagates():
+    features = torch.randn(2, 4, 6, 6, requires_grad=True)
+    labels = torch.full((2, 6, 6), 255, dtype=torch.long)
+    loss, terms = affinity_loss(features, labels, half_offsets(3))
+    assert float(loss.detach()) == 0.0 and float(terms["pairs"]) == 0.0
+    loss.backward()  # the engine's update must not fail on such a batch
+    assert features.grad is not None and float(features.grad.abs().sum()) == 0.0

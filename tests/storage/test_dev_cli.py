@@ -37,9 +37,9 @@ def test_pnoc_dev_s3_serves_buckets_and_prints_setup(tmp_path: Path):
     data = tmp_path / "s3"
     cmd = [sys.executable, "-m", "pipelines.cli", "dev", "s3", "--dir", str(data), "--port", "0"]
     cmd += ["--bucket", "team-dvc", "--bucket", "team-mlflow"]
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
-    )
+    # stderr to a file: an undrained pipe would block the CLI once 64 KiB of logs pile up
+    err = (tmp_path / "stderr.txt").open("w")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1)
     try:
         out = read_until(proc, "Ctrl-C stops the server")
         env = dict(re.findall(r"^export (\w+)=(\S+)$", out, re.MULTILINE))
@@ -65,7 +65,8 @@ def test_pnoc_dev_s3_serves_buckets_and_prints_setup(tmp_path: Path):
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)  # Ctrl-C
         code = proc.wait(60)
-    assert code == 0, proc.stderr.read()
+        err.close()
+    assert code == 0, (tmp_path / "stderr.txt").read_text()
     # the CLI stopped its server: nothing listens on the port any more
     port = int(endpoint.rsplit(":", 1)[1])
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):

@@ -56,7 +56,10 @@ def affinity_loss(
             f"affinity_loss: labels {tuple(labels.shape)} do not match features "
             f"{tuple(features.shape)}"
         )
-    sums = {k: features.new_zeros(()) for k in ("bg", "fg", "neg")}
+    # Sums start from 0·Σf, attached to the graph: a batch without a single confident pair
+    # (possible on small or sparsely labelled sets) gives loss 0 that still back-propagates.
+    zero = features.sum() * 0.0
+    sums = {k: zero for k in ("bg", "fg", "neg")}
     counts = {k: features.new_zeros(()) for k in ("bg", "fg", "neg")}
     for dy, dx in offsets:
         fi, fj = _shifted(features, dy, dx)
