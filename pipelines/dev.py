@@ -438,6 +438,9 @@ def s3_cmd(
 
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
+    # Ctrl-C stops the server even when the CLI was started with SIGINT ignored (a shell
+    # without job control ignores it in background commands, and Python keeps that)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     server = S3Server(data_dir, port, access_key, secret_key)
     try:
         try:
