@@ -7,8 +7,13 @@ Reference ("bare"): ``torchvision.models.<backbone>(num_classes=K)`` (output str
 MLSM on its logits, backward (no optimizer step). Each method's step is a full
 ``Method.train_step`` with a minimal context doing ``backward``, an SGD step (momentum 0.9,
 weight decay 1e-4, the authors' parameter groups) and ``zero_grad``, i.e. everything the engine
-does but its bookkeeping. Everything runs in this process on the CPU in float32; each
-measurement is the median of ``--iters`` runs after ``--warmup`` runs.
+does but its bookkeeping. Everything runs in this process on the CPU in float32; the bare step
+and the methods' steps run in turn, round after round, and each figure is the median of
+``--iters`` rounds after ``--warmup`` rounds.
+
+``--oc-output-stride 32`` runs the OC/noc as a plain classifier (it only feeds logits to the
+loss); ``--frozen-stages 1|2`` keeps the stem (and the stride-4 stage) of the generator and the
+noc fixed, as IRN does (``cam.frozen_stages``).
 """
 
 from __future__ import annotations
@@ -73,6 +78,24 @@ def timed(fn: Callable[[], Any], iters: int, warmup: int) -> float:
     return statistics.median(times)
 
 
+def round_robin(fns: dict[str, Callable[[], Any]], iters: int, warmup: int) -> dict[str, float]:
+    """Median seconds of each function, the functions run in turn within every round.
+
+    Interleaving spreads slow phases of a shared machine over all of them alike, so the ratios
+    between them are steadier than when each is timed in a block of its own.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(iters):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def make_batch(batch_size: int, size: int, num_classes: int) -> dict[str, Any]:
     g = torch.Generator().manual_seed(0)
     labels = (torch.rand(batch_size, num_classes, generator=g) < 0.15).float()
@@ -85,7 +108,7 @@ def make_batch(batch_size: int, size: int, num_classes: int) -> dict[str, Any]:
     }
 
 
-def bench_bare(args: argparse.Namespace, batch: dict[str, Any]) -> float:
+def bare_step(args: argparse.Namespace, batch: dict[str, Any]) -> Callable[[], None]:
     net = getattr(torchvision.models, args.backbone)(num_classes=args.num_classes).train()
     x, y = batch["image"], batch["labels"]
 
@@ -94,12 +117,17 @@ def bench_bare(args: argparse.Namespace, batch: dict[str, Any]) -> float:
         loss.backward()
         net.zero_grad(set_to_none=True)
 
-    return timed(step, args.iters, args.warmup)
+    return step
 
 
 def build(args: argparse.Namespace, name: str) -> CAMMethod:
     torch.manual_seed(0)
-    model = CAMNet(args.backbone, args.num_classes, output_stride=args.output_stride)
+    model = CAMNet(
+        args.backbone,
+        args.num_classes,
+        output_stride=args.output_stride,
+        frozen_stages=args.frozen_stages,
+    )
     oc = None
     if name in ("occse", "poc", "pnoc"):
         oc = CAMNet(args.backbone, args.num_classes, output_stride=args.oc_output_stride)
@@ -114,12 +142,12 @@ def build(args: argparse.Namespace, name: str) -> CAMMethod:
     )
 
 
-def bench_method(args: argparse.Namespace, name: str, batch: dict[str, Any]) -> float:
+def method_step(args: argparse.Namespace, name: str, batch: dict[str, Any]) -> Callable[[], Any]:
     method = build(args, name)
     for m in method.modules().values():
         m.train()
     ctx = MinimalContext(method.modules())
-    return timed(lambda: method.train_step(batch, ctx), args.iters, args.warmup)
+    return lambda: method.train_step(batch, ctx)
 
 
 def bench_inference(args: argparse.Namespace) -> float:
@@ -138,13 +166,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--backbone", default="resnet50")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--size", type=int, default=128)
-    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--iters", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--methods", default=",".join(ALL_METHODS))
     p.add_argument("--num-classes", type=int, default=20)
     p.add_argument("--output-stride", type=int, default=16, help="generator output stride")
     p.add_argument(
         "--oc-output-stride", type=int, default=None, help="OC/noc output stride (default: same)"
+    )
+    p.add_argument(
+        "--frozen-stages",
+        type=int,
+        default=0,
+        help="backbone stages kept fixed in the generator and the noc (0, 1 stem, 2 + stride 4)",
     )
     p.add_argument("--scales", default=",".join(str(s) for s in DEFAULT_SCALES))
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -164,13 +198,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"{args.backbone}, batch {args.batch_size} × {args.size} px, K={args.num_classes}, "
         f"generator OS {args.output_stride}, OC/noc OS {args.oc_output_stride}, "
+        f"frozen stages {args.frozen_stages}, "
         f"{torch.get_num_threads()} threads, median of {args.iters} after {args.warmup} warm-up"
     )
     results: dict[str, Any] = {"config": {k: v for k, v in vars(args).items() if k != "json"}}
-    bare = bench_bare(args, batch)
-    rows = [("bare fwd+bwd (torchvision, OS 32)", bare)]
-    for name in methods:
-        rows.append((name, bench_method(args, name, batch)))
+    bare_label = "bare fwd+bwd (torchvision, OS 32)"
+    steps = {bare_label: bare_step(args, batch)}
+    steps.update({name: method_step(args, name, batch) for name in methods})
+    seconds = round_robin(steps, args.iters, args.warmup)
+    bare = seconds[bare_label]
+    rows = list(seconds.items())
     print(f"\n{'step':36s} {'s/step':>8s} {'img/s':>8s} {'× bare':>7s}")
     for label, sec in rows:
         print(f"{label:36s} {sec:8.3f} {args.batch_size / sec:8.2f} {sec / bare:7.2f}")

@@ -23,6 +23,7 @@ def test_defaults_and_params_yaml_parse(tiny_params):
         ({"base": {"device": "tpu"}}, "base.device"),
         ({"data": {"synthetic": {"classes": 0}}}, "data.synthetic.classes"),
         ({"cam": {"method": "magic"}}, "cam.method"),
+        ({"cam": {"frozen_stages": 3}}, "cam.frozen_stages"),
     ],
 )
 def test_bad_values_name_the_key(override, fragment):

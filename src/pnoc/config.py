@@ -105,6 +105,7 @@ class ClassifierParams(Section):
     backbone: BackboneName = "resnet18"
     weights: str | None = None
     output_stride: OutputStride = 16
+    frozen_stages: Literal[0, 1, 2] = 0
     epochs: PositiveInt = 5
     batch_size: PositiveInt = 16
     lr: PositiveFloat = 0.1

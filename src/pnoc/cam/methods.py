@@ -410,7 +410,8 @@ def build_method(
     """The method called ``name`` (``vanilla|puzzle|occse|poc|pnoc``), from plain values.
 
     ``oc`` is required by occse/poc/pnoc. For pnoc the noc is a copy of ``oc`` (which is left
-    untouched), so the caller gets it back through ``method.modules()["noc"]``.
+    untouched) whose backbone keeps the generator's stages fixed (``frozen_stages``), so the
+    caller gets it back through ``method.modules()["noc"]``.
     """
     if name not in METHODS:
         raise ConfigError(f"cam.method: unknown '{name}'; expected one of {sorted(METHODS)}")
@@ -425,6 +426,7 @@ def build_method(
     if name == "poc":
         return POC(model, oc, alpha_p, alpha_oc, label_smoothing, generator=generator)
     noc = copy_camnet(oc).requires_grad_(True)
+    noc.backbone.freeze_stages(model.backbone.frozen_stages)
     return PNOC(
         model,
         noc,

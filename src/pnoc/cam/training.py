@@ -75,7 +75,11 @@ def train_cam_classifier(
     )
     train_set = ClassificationSet(dataset, transform)
     model = CAMNet(
-        cfg.backbone, dataset.num_classes, weights=cfg.weights, output_stride=cfg.output_stride
+        cfg.backbone,
+        dataset.num_classes,
+        weights=cfg.weights,
+        output_stride=cfg.output_stride,
+        frozen_stages=cfg.frozen_stages,
     )
     method = build_method(method_name, model, label_smoothing=cfg.label_smoothing, **method_kw)
     optimizers = {

@@ -34,6 +34,7 @@ from pnoc.errors import ConfigError, PnocError
 from pnoc.io import save_torch
 from pnoc.models import efficientnet
 from pnoc.models.efficientnet import EfficientNetLite0
+from pnoc.models.freezing import StageFreezing
 
 BACKBONES: dict[str, tuple[int, int]] = {
     # name: (low_channels = layer1 output, out_channels = layer4 output)
@@ -50,7 +51,7 @@ CHECKPOINT_FORMAT = "pnoc-model/1"
 _PATH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar", ".pkl")
 
 
-class Backbone(nn.Module):
+class Backbone(StageFreezing):
     """A torchvision ResNet without its head, returning ``{"low": layer1, "out": layer4}``.
 
     ``low`` has stride 4 and ``low_channels`` channels; ``out`` has stride ``output_stride`` and
@@ -85,6 +86,10 @@ class Backbone(nn.Module):
         elif output_stride == 8:
             dilate_stage(self.layer3, dilation=2, previous_dilation=1)
             dilate_stage(self.layer4, dilation=4, previous_dilation=2)
+
+    def stage_modules(self, n: int) -> list[nn.Module]:
+        """Stem (``conv1``, ``bn1``) and ``layer1``, the first ``n`` of them (for freezing)."""
+        return [nn.ModuleList([self.conv1, self.bn1]), self.layer1][:n]
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """x: (B, 3, H, W) -> {"low": (B, C_low, H/4, W/4), "out": (B, C_out, H/os, W/os)}.

@@ -26,6 +26,8 @@ class CAMNet(nn.Module):
         num_classes: K, the number of foreground classes (background is not a class here).
         weights: backbone weights, see :func:`pnoc.models.backbones.build_backbone`.
         output_stride: 8, 16 or 32.
+        frozen_stages: backbone stages kept fixed (0 none, 1 stem, 2 stem and the stride-4
+            stage; see :mod:`pnoc.models.freezing`).
     """
 
     def __init__(
@@ -35,11 +37,13 @@ class CAMNet(nn.Module):
         *,
         weights: str | None = None,
         output_stride: int = 16,
+        frozen_stages: int = 0,
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ConfigError(f"num_classes: expected >= 1, got {num_classes}")
         self.backbone = build_backbone(backbone_name, weights=weights, output_stride=output_stride)
+        self.backbone.freeze_stages(frozen_stages)
         self.classifier = nn.Conv2d(self.backbone.out_channels, num_classes, 1, bias=False)
         nn.init.kaiming_normal_(self.classifier.weight)
         self.num_classes = num_classes

