@@ -5,8 +5,9 @@
 
 Reference ("bare"): ``torchvision.models.<backbone>(num_classes=K)`` (output stride 32), forward,
 MLSM on its logits, backward (no optimizer step). Each method's step is a full
-``Method.train_step`` with a minimal context doing ``backward``, an SGD step (momentum 0.9,
-weight decay 1e-4, the authors' parameter groups) and ``zero_grad``, i.e. everything the engine
+``Method.train_step`` with a minimal context doing ``backward``, the engine's SGD step
+(:func:`pnoc.engine.build_sgd`: Nesterov momentum 0.9, weight decay 1e-4, the authors' parameter
+groups) and ``zero_grad``, i.e. everything the engine
 does but its bookkeeping. Everything runs in this process on the CPU in float32; the bare step
 and the methods' steps run in turn, round after round, and each figure is the median of
 ``--iters`` rounds after ``--warmup`` rounds.
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 from pnoc.cam.inference import DEFAULT_SCALES, multiscale_cams
 from pnoc.cam.methods import CAMMethod, build_method
 from pnoc.cam.schedules import Ramp
+from pnoc.engine import build_sgd
 from pnoc.models.cam import CAMNet
 
 ALL_METHODS = ("vanilla", "puzzle", "occse", "poc", "pnoc")
@@ -51,9 +53,7 @@ class MinimalContext:
         for name, module in modules.items():
             groups = module.param_groups() if hasattr(module, "param_groups") else None
             groups = groups or [{"params": list(module.parameters()), "lr_mult": 1.0}]
-            for g in groups:
-                g["lr"] = lr * g.get("lr_mult", 1.0)
-            self.optimizers[name] = torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=1e-4)
+            self.optimizers[name] = build_sgd(groups, lr=lr, weight_decay=1e-4, nesterov=True)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext()

@@ -99,7 +99,7 @@ def build_sgd(
     Each group dict has ``"params"`` and optionally ``"lr_mult"`` (default 1.0) and
     ``"weight_decay"`` (default ``weight_decay``). The group's initial lr is ``lr * lr_mult``;
     the group keeps ``"lr_mult"`` and ``"base_lr"`` (= that initial lr), which :class:`PolyLR`
-    decays from.
+    decays from. The fused implementation is used where torch has it for the parameters' device.
     """
     torch_groups = []
     for g in groups:
@@ -109,9 +109,13 @@ def build_sgd(
         g.setdefault("weight_decay", weight_decay)
         g["lr"] = g["base_lr"] = lr * g["lr_mult"]
         torch_groups.append(g)
-    return torch.optim.SGD(
-        torch_groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov
-    )
+    kwargs = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    try:
+        # One kernel for all parameters: on a CPU several times faster than the per-parameter
+        # loop, which matters for backbones of many small tensors (EfficientNet-Lite0, ResNets).
+        return torch.optim.SGD(torch_groups, fused=True, **kwargs)
+    except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+        return torch.optim.SGD(torch_groups, **kwargs)
 
 
 class PolyLR:
