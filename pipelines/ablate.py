@@ -3,7 +3,8 @@
 The paper's central claim, checked on the configured dataset: for each seed the ordinary
 classifier is trained once, then each method's generator from the same params (only
 ``cam.method`` differs); CAMs of the evaluation split are scored over the threshold sweep.
-One MLflow parent run, a nested run per (method, seed).
+One MLflow parent run, a nested run per (method, seed). ``--set KEY=VALUE`` changes params for
+the ablation only (e.g. ``--set cam.output_stride=8``), as ``dvc exp run -S`` does.
 """
 
 from __future__ import annotations
@@ -12,18 +13,21 @@ import tempfile
 import time
 from pathlib import Path
 from statistics import mean, stdev
+from typing import Any
 
 import mlflow
+import yaml
 
 from pipelines import tracking
-from pipelines.common import load_params
+from pipelines.common import read_yaml
 from pnoc.cam.export import evaluate_cams, export_cams
 from pnoc.cam.methods import METHODS
 from pnoc.cam.training import train_cam_classifier
-from pnoc.config import Params, flatten, resolve_device, seed_everything
+from pnoc.config import Params, flatten, parse_params, resolve_device, seed_everything
 from pnoc.data.factory import open_dataset
 from pnoc.errors import ConfigError
 from pnoc.io import write_json
+from pnoc.tune.space import apply_overrides
 
 REPORT = Path("reports/ablation_cams.json")
 
@@ -33,6 +37,7 @@ def ablate_cams(
     methods: list[str],
     seeds: list[int],
     report_path: Path = REPORT,
+    overrides: dict[str, Any] | None = None,
 ) -> dict:
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods or not seeds:
@@ -52,6 +57,8 @@ def ablate_cams(
         tags={"pnoc.kind": "ablation", **tracking.lineage_tags()},
     ):
         mlflow.log_params({"methods": ",".join(methods), "seeds": ",".join(map(str, seeds))})
+        if overrides:
+            mlflow.log_params({f"set.{k}": v for k, v in overrides.items()})
         for seed in seeds:
             seed_everything(seed)
             oc = train_cam_classifier(
@@ -109,7 +116,7 @@ def ablate_cams(
         }
         for m, s in summary.items():
             mlflow.log_metric(f"{m}.mean_miou", s["mean"])
-        report = {"split": params.cams.eval_split, "methods": summary}
+        report = {"split": params.cams.eval_split, "overrides": overrides or {}, "methods": summary}
         write_json(report_path, report)
         mlflow.log_dict(report, "ablation_cams.json")
     return report
@@ -126,6 +133,24 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def run(methods: list[str], seeds: list[int], params_file: Path = Path("params.yaml")) -> dict:
-    params = load_params(params_file)
-    return ablate_cams(params, methods, seeds)
+def parse_settings(settings: list[str]) -> dict[str, Any]:
+    """``["cam.output_stride=8", ...]`` -> ``{"cam.output_stride": 8}`` (values read as YAML)."""
+    out: dict[str, Any] = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. cam.output_stride=8")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def run(
+    methods: list[str],
+    seeds: list[int],
+    params_file: Path = Path("params.yaml"),
+    settings: list[str] | None = None,
+) -> dict:
+    overrides = parse_settings(settings or [])
+    source = str(params_file) + "".join(f" --set {s}" for s in settings or [])
+    params = parse_params(apply_overrides(read_yaml(params_file) or {}, overrides), source=source)
+    return ablate_cams(params, methods, seeds, overrides=overrides)

@@ -112,11 +112,15 @@ def ablate_cams_cmd(
     methods: Annotated[list[str] | None, typer.Option("--method", "-m")] = None,
     seeds: Annotated[list[int] | None, typer.Option("--seed", "-s")] = None,
     params: Path = Path("params.yaml"),
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-S", help="KEY=VALUE params override, e.g. cam.output_stride=8"),
+    ] = None,
 ) -> None:
     """Train vanilla, P-OC and P-NOC generators on the same data and print their CAM mIoU."""
     from pipelines.ablate import format_table, run
 
-    report = run(methods or ["vanilla", "poc", "pnoc"], seeds or [0, 1], params)
+    report = run(methods or ["vanilla", "poc", "pnoc"], seeds or [0, 1], params, settings)
     typer.echo(format_table(report))
 
 
