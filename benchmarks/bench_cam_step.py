@@ -7,10 +7,9 @@ Reference ("bare"): ``torchvision.models.<backbone>(num_classes=K)`` (output str
 MLSM on its logits, backward (no optimizer step). Each method's step is a full
 ``Method.train_step`` with a minimal context doing ``backward``, the engine's SGD step
 (:func:`pnoc.engine.build_sgd`: Nesterov momentum 0.9, weight decay 1e-4, the authors' parameter
-groups) and ``zero_grad``, i.e. everything the engine
-does but its bookkeeping. Everything runs in this process on the CPU in float32; the bare step
-and the methods' steps run in turn, round after round, and each figure is the median of
-``--iters`` rounds after ``--warmup`` rounds.
+groups) and ``zero_grad``, i.e. everything the engine does but its bookkeeping. Everything runs
+in this process on the CPU in float32; the bare step and the methods' steps run in turn, round
+after round, and each figure is the median of ``--iters`` rounds after ``--warmup`` rounds.
 
 ``--oc-output-stride 32`` runs the OC/noc as a plain classifier (it only feeds logits to the
 loss); ``--frozen-stages 1|2`` keeps the stem (and the stride-4 stage) of the generator and the

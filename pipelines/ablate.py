@@ -19,15 +19,14 @@ import mlflow
 import yaml
 
 from pipelines import tracking
-from pipelines.common import read_yaml
+from pipelines.common import load_params
 from pnoc.cam.export import evaluate_cams, export_cams
 from pnoc.cam.methods import METHODS
 from pnoc.cam.training import train_cam_classifier
-from pnoc.config import Params, flatten, parse_params, resolve_device, seed_everything
+from pnoc.config import Params, flatten, resolve_device, seed_everything
 from pnoc.data.factory import open_dataset
 from pnoc.errors import ConfigError
 from pnoc.io import write_json
-from pnoc.tune.space import apply_overrides
 
 REPORT = Path("reports/ablation_cams.json")
 
@@ -151,6 +150,5 @@ def run(
     settings: list[str] | None = None,
 ) -> dict:
     overrides = parse_settings(settings or [])
-    source = str(params_file) + "".join(f" --set {s}" for s in settings or [])
-    params = parse_params(apply_overrides(read_yaml(params_file) or {}, overrides), source=source)
+    params = load_params(params_file, overrides)
     return ablate_cams(params, methods, seeds, overrides=overrides)

@@ -28,9 +28,18 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
 
 
-def load_params(path: Path = PARAMS_FILE) -> Params:
-    """Read and validate params.yaml; a bad key stops here, before any work."""
-    return parse_params(read_yaml(path), source=str(path))
+def load_params(path: Path = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:
+    """Read and validate params.yaml; a bad key stops here, before any work.
+
+    ``overrides`` (dotted key -> value, as ``--set`` gives them) are applied before validation,
+    and an error names them beside the file.
+    """
+    if not overrides:
+        return parse_params(read_yaml(path), source=str(path))
+    from pnoc.tune.space import apply_overrides
+
+    source = str(path) + "".join(f" --set {k}={v}" for k, v in overrides.items())
+    return parse_params(apply_overrides(read_yaml(path) or {}, overrides), source=source)
 
 
 @dataclass
