@@ -44,6 +44,41 @@ def test_build_sgd_group_lrs_and_weight_decay() -> None:
     assert all(g["momentum"] == 0.9 for g in opt.param_groups)
 
 
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_build_sgd_matches_the_plain_loop_with_a_late_parameter(nesterov: bool) -> None:
+    """build_sgd's (fused) updates equal torch's per-parameter SGD step for step, with group
+    lrs changed between steps and a parameter whose first gradient comes at step 3."""
+
+    def run(make_opt):  # type: ignore[no-untyped-def]
+        torch.manual_seed(0)
+        backbone, head = _backbone(), nn.Conv2d(4, 2, 1)
+        late = nn.Parameter(torch.randn(2))
+        groups = param_groups(backbone, head)
+        groups[0]["params"] = [*groups[0]["params"], late]  # shares a group with others
+        opt = make_opt(groups)
+        x = torch.randn(2, 3, 6, 6)
+        for step in range(5):
+            opt.zero_grad()
+            loss = head(backbone(x)).square().mean()
+            if step >= 2:
+                loss = loss + (late * torch.arange(2.0)).sum() ** 2
+            loss.backward()
+            opt.step()
+            for g in opt.param_groups:
+                g["lr"] = g["lr"] * 0.7
+        return [p.detach().clone() for p in [*backbone.parameters(), *head.parameters(), late]]
+
+    kw = dict(lr=0.05, momentum=0.9, weight_decay=1e-3, nesterov=nesterov)
+    ours = run(lambda groups: build_sgd(groups, **kw))
+    plain = run(
+        lambda groups: torch.optim.SGD(
+            [{**g, "lr": 0.05 * g.get("lr_mult", 1.0)} for g in groups], foreach=False, **kw
+        )
+    )
+    for a, b in zip(ours, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_param_groups_refuses_shared_parameters() -> None:
     net = _backbone()
     with pytest.raises(ValueError, match="both"):

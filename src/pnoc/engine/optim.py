@@ -113,9 +113,32 @@ def build_sgd(
     try:
         # One kernel for all parameters: on a CPU several times faster than the per-parameter
         # loop, which matters for backbones of many small tensors (EfficientNet-Lite0, ResNets).
-        return torch.optim.SGD(torch_groups, fused=True, **kwargs)
+        return FusedSGD(torch_groups, fused=True, **kwargs)
     except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
         return torch.optim.SGD(torch_groups, **kwargs)
+
+
+class FusedSGD(torch.optim.SGD):
+    """``torch.optim.SGD(fused=True)`` that also takes parameters whose first gradient comes late.
+
+    torch's fused kernel takes momentum buffers for all of a group's parameters or for none
+    (the first step); a parameter that gets its first gradient after the others (a loss term
+    switched on later, a module unfrozen) would reach it without one. Such a parameter gets a
+    zero buffer, which with ``dampening = 0`` gives it the plain loop's first update exactly
+    (``buf = d_p``).
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[no-untyped-def, override]
+        for group in self.param_groups:
+            if not group.get("fused") or group["momentum"] == 0 or group["dampening"] != 0:
+                continue
+            with_grad = [p for p in group["params"] if p.grad is not None]
+            missing = [p for p in with_grad if "momentum_buffer" not in self.state[p]]
+            if missing and len(missing) < len(with_grad):
+                for p in missing:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
+        return super().step(closure)
 
 
 class PolyLR:
