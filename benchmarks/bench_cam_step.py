@@ -13,7 +13,10 @@ after round, and each figure is the median of ``--iters`` rounds after ``--warmu
 
 ``--oc-output-stride 32`` runs the OC/noc as a plain classifier (it only feeds logits to the
 loss); ``--frozen-stages 1|2`` keeps the stem (and the stride-4 stage) of the generator and the
-noc fixed, as IRN does (``cam.frozen_stages``).
+noc fixed, as IRN does (``cam.frozen_stages``). ``--channels-last`` runs the methods' networks and
+batch in the channels-last memory format (``train.channels_last``); the bare reference stays in
+torchvision's default (contiguous) format, and a second bare row in channels-last is printed
+beside it for comparison.
 """
 
 from __future__ import annotations
@@ -107,9 +110,18 @@ def make_batch(batch_size: int, size: int, num_classes: int) -> dict[str, Any]:
     }
 
 
-def bare_step(args: argparse.Namespace, batch: dict[str, Any]) -> Callable[[], None]:
+def channels_last_batch(batch: dict[str, Any]) -> dict[str, Any]:
+    return {**batch, "image": batch["image"].contiguous(memory_format=torch.channels_last)}
+
+
+def bare_step(
+    args: argparse.Namespace, batch: dict[str, Any], channels_last: bool = False
+) -> Callable[[], None]:
     net = getattr(torchvision.models, args.backbone)(num_classes=args.num_classes).train()
     x, y = batch["image"], batch["labels"]
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
 
     def step() -> None:
         loss = F.multilabel_soft_margin_loss(net(x), y)
@@ -145,6 +157,10 @@ def method_step(args: argparse.Namespace, name: str, batch: dict[str, Any]) -> C
     method = build(args, name)
     for m in method.modules().values():
         m.train()
+        if args.channels_last:
+            m.to(memory_format=torch.channels_last)
+    if args.channels_last:
+        batch = channels_last_batch(batch)
     ctx = MinimalContext(method.modules())
     return lambda: method.train_step(batch, ctx)
 
@@ -153,6 +169,9 @@ def bench_inference(args: argparse.Namespace) -> float:
     torch.manual_seed(0)
     model = CAMNet(args.backbone, args.num_classes, output_stride=args.output_stride).eval()
     image = torch.randn(1, 3, args.size, args.size)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        image = image.contiguous(memory_format=torch.channels_last)
     return timed(
         lambda: multiscale_cams(model, image, scales=args.scales, flip=True),
         args.iters,
@@ -179,6 +198,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=0,
         help="backbone stages kept fixed in the generator and the noc (0, 1 stem, 2 + stride 4)",
     )
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="methods' networks and batch in channels-last (the bare reference stays contiguous)",
+    )
     p.add_argument("--scales", default=",".join(str(s) for s in DEFAULT_SCALES))
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--no-inference", action="store_true")
@@ -198,11 +222,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{args.backbone}, batch {args.batch_size} × {args.size} px, K={args.num_classes}, "
         f"generator OS {args.output_stride}, OC/noc OS {args.oc_output_stride}, "
         f"frozen stages {args.frozen_stages}, "
+        f"{'channels-last' if args.channels_last else 'contiguous'}, "
         f"{torch.get_num_threads()} threads, median of {args.iters} after {args.warmup} warm-up"
     )
     results: dict[str, Any] = {"config": {k: v for k, v in vars(args).items() if k != "json"}}
     bare_label = "bare fwd+bwd (torchvision, OS 32)"
     steps = {bare_label: bare_step(args, batch)}
+    if args.channels_last:
+        steps["bare, channels-last"] = bare_step(args, batch, channels_last=True)
     steps.update({name: method_step(args, name, batch) for name in methods})
     seconds = round_robin(steps, args.iters, args.warmup)
     bare = seconds[bare_label]

@@ -106,6 +106,7 @@ class ClassifierParams(Section):
     weights: str | None = None
     output_stride: OutputStride = 16
     frozen_stages: Literal[0, 1, 2] = 0
+    channels_last: bool = False
     epochs: PositiveInt = 5
     batch_size: PositiveInt = 16
     lr: PositiveFloat = 0.1

@@ -350,3 +350,66 @@ def test_resolve_device() -> None:
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == expected
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+class ImageData:
+    """n fixed 3×8×8 images with a regression target; ``labels`` stay 1-D."""
+
+    def __init__(self, n: int = 8) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 3, 8, 8, generator=g)
+        self.y = torch.randn(n, 2, generator=g)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, key: SampleKey) -> dict[str, torch.Tensor]:
+        return {"image": self.x[key.index], "target": self.y[key.index]}
+
+
+class ConvMethod:
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1)
+        )
+        self.formats: list[tuple[bool, bool, bool]] = []
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"net": self.net}
+
+    def train_step(self, batch: dict[str, torch.Tensor], ctx: TrainContext) -> dict[str, float]:
+        cl = torch.channels_last
+        self.formats.append(
+            (
+                batch["image"].is_contiguous(memory_format=cl),
+                self.net[0].weight.is_contiguous(memory_format=cl),
+                batch["target"].is_contiguous(),
+            )
+        )
+        loss = F.mse_loss(self.net(batch["image"]).mean((2, 3)), batch["target"])
+        ctx.update("sgd", loss)
+        return {"loss": loss.item()}
+
+
+def test_channels_last_trains_the_same_weights() -> None:
+    """channels_last=True: images and conv weights in NHWC during training; same weights."""
+    weights, formats = [], []
+    for channels_last in (False, True):
+        method = ConvMethod()
+        opt = build_sgd([{"params": list(method.net.parameters())}], lr=0.1)
+        fit(
+            method,
+            ImageData(),
+            optimizers={"sgd": opt},
+            epochs=2,
+            batch_size=4,
+            seed=0,
+            progress=False,
+            channels_last=channels_last,
+        )
+        weights.append([p.detach().clone() for p in method.net.parameters()])
+        formats.append(set(method.formats))
+    assert formats == [{(False, False, True)}, {(True, True, True)}]
+    for a, b in zip(*weights, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -108,6 +108,7 @@ def train_cam_classifier(
         callbacks=callbacks,
         progress=progress,
         max_steps_per_epoch=cfg.max_steps_per_epoch,
+        channels_last=cfg.channels_last,
     )
     model.eval()
     return TrainedCAM(model=model, noc=noc, result=result)
