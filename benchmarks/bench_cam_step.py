@@ -14,7 +14,7 @@ after round, and each figure is the median of ``--iters`` rounds after ``--warmu
 ``--oc-output-stride 32`` runs the OC/noc as a plain classifier (it only feeds logits to the
 loss); ``--frozen-stages 1|2`` keeps the stem (and the stride-4 stage) of the generator and the
 noc fixed, as IRN does (``cam.frozen_stages``). ``--channels-last`` runs the methods' networks and
-batch in the channels-last memory format (``train.channels_last``); the bare reference stays in
+batch in the channels-last memory format (``cam.channels_last``); the bare reference stays in
 torchvision's default (contiguous) format, and a second bare row in channels-last is printed
 beside it for comparison.
 """
@@ -110,10 +110,6 @@ def make_batch(batch_size: int, size: int, num_classes: int) -> dict[str, Any]:
     }
 
 
-def channels_last_batch(batch: dict[str, Any]) -> dict[str, Any]:
-    return {**batch, "image": batch["image"].contiguous(memory_format=torch.channels_last)}
-
-
 def bare_step(
     args: argparse.Namespace, batch: dict[str, Any], channels_last: bool = False
 ) -> Callable[[], None]:
@@ -157,10 +153,10 @@ def method_step(args: argparse.Namespace, name: str, batch: dict[str, Any]) -> C
     method = build(args, name)
     for m in method.modules().values():
         m.train()
-        if args.channels_last:
-            m.to(memory_format=torch.channels_last)
     if args.channels_last:
-        batch = channels_last_batch(batch)
+        for m in method.modules().values():
+            m.to(memory_format=torch.channels_last)
+        batch = {**batch, "image": batch["image"].contiguous(memory_format=torch.channels_last)}
     ctx = MinimalContext(method.modules())
     return lambda: method.train_step(batch, ctx)
 

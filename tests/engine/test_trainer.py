@@ -353,7 +353,7 @@ def test_resolve_device() -> None:
 
 
 class ImageData:
-    """n fixed 3×8×8 images with a regression target; ``labels`` stay 1-D."""
+    """n fixed 3×8×8 images (3 channels, so NHWC and NCHW differ) and 2-value targets."""
 
     def __init__(self, n: int = 8) -> None:
         g = torch.Generator().manual_seed(0)
