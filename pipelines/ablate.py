@@ -139,7 +139,14 @@ def parse_settings(settings: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. cam.output_stride=8")
-        out[key.strip()] = yaml.safe_load(value)
+        key = key.strip()
+        if key == "data.synthetic" or key.startswith("data.synthetic."):
+            raise ConfigError(
+                f"--set {item!r}: the ablation trains on the dataset already generated in "
+                "data/synthetic; change data.synthetic in params.yaml and run "
+                "`pnoc repro prepare` first"
+            )
+        out[key] = yaml.safe_load(value)
     return out
 
 

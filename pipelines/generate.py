@@ -24,6 +24,8 @@ def run() -> None:
             image_size=ctx.params.data.image_size,
             seed=syn.seed,
             cooccurrence=syn.cooccurrence,
+            body_size=syn.body_size,
+            mark_area=syn.mark_area,
         )
         flat = {k: v for k, v in stats.to_dict().items() if isinstance(v, int | float)}
         mlflow.log_metrics({f"synthetic.{k}": float(v) for k, v in flat.items()})

@@ -22,6 +22,8 @@ def test_defaults_and_params_yaml_parse(tiny_params):
         ({"cams": {"thresholds": {"start": 0.9, "stop": 0.1}}}, "start <= stop"),
         ({"base": {"device": "tpu"}}, "base.device"),
         ({"data": {"synthetic": {"classes": 0}}}, "data.synthetic.classes"),
+        ({"data": {"synthetic": {"body_size": [0.6, 0.3]}}}, "data.synthetic.body_size"),
+        ({"data": {"synthetic": {"mark_area": [0.0, 0.1]}}}, "data.synthetic.mark_area"),
         ({"cam": {"method": "magic"}}, "cam.method"),
         ({"cam": {"frozen_stages": 3}}, "cam.frozen_stages"),
     ],

@@ -36,6 +36,8 @@ def _ordered_pair(pair: tuple[float, float]) -> tuple[float, float]:
 
 
 ScaleRange = Annotated[tuple[PositiveFloat, PositiveFloat], AfterValidator(_ordered_pair)]
+UnitFraction = Annotated[float, Field(gt=0.0, le=1.0)]
+UnitRange = Annotated[tuple[UnitFraction, UnitFraction], AfterValidator(_ordered_pair)]
 
 
 SYNTHETIC_ROOT = Path("data/synthetic")
@@ -67,6 +69,8 @@ class SyntheticParams(Section):
     classes: Annotated[int, Field(ge=1, le=20)] = 6
     seed: NonNegInt = 0
     cooccurrence: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+    body_size: UnitRange = (0.25, 0.45)  # body diameter, fraction of the image side
+    mark_area: UnitRange = (0.10, 0.15)  # mark area, fraction of the body's area
 
 
 class DataParams(Section):

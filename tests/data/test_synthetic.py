@@ -248,3 +248,33 @@ def test_cooccurrence_is_a_knob(tmp_path: Path) -> None:
     assert strong > 0.85 and none < 0.35
     with pytest.raises(ConfigError, match="cooccurrence"):
         generate_synthetic(tmp_path / "x", cooccurrence=1.5, **args)
+
+
+def test_body_size_and_mark_area_are_knobs(tmp_path: Path) -> None:
+    """Larger bodies come out larger; the mark keeps its share; bad ranges are refused."""
+
+    def extents(**kw) -> tuple[float, float]:
+        sizes, shares = [], []
+        for i in range(40):
+            scene = render_scene(0, "train", i, 6, 96, **kw)
+            hsv = np.asarray(Image.fromarray(scene.image).convert("HSV")).astype(int)
+            fg = (scene.mask > 0) & (scene.mask < 255)
+            mark = fg & (hsv[..., 1] > 200) & (hsv[..., 2] > 150)
+            shares.append(mark.sum() / max(fg.sum(), 1))
+            for o in scene.objects:
+                xmin, ymin, xmax, ymax = o.bbox
+                sizes.append(max(xmax - xmin, ymax - ymin) + 1)
+        return float(np.median(sizes)), float(np.median(shares))
+
+    small, small_mark = extents(body_size=(0.2, 0.3))
+    large, large_mark = extents(body_size=(0.45, 0.6))
+    assert large > 1.5 * small
+    assert abs(large_mark - small_mark) < 0.05
+    _, tiny_mark = extents(body_size=(0.45, 0.6), mark_area=(0.03, 0.04))
+    assert tiny_mark < 0.6 * large_mark
+
+    args = dict(num_train=2, num_val=1, num_classes=3, image_size=32, seed=0)
+    with pytest.raises(ConfigError, match=r"body_size.*\[0.5, 0.2\]"):
+        generate_synthetic(tmp_path / "x", body_size=(0.5, 0.2), **args)
+    with pytest.raises(ConfigError, match="mark_area"):
+        generate_synthetic(tmp_path / "y", mark_area=(0.1, 1.5), **args)

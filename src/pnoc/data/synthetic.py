@@ -3,9 +3,9 @@
 What makes it hard in the way P-NOC's target data is hard:
 
 - **Discriminative mark on a shared body.** Every class is a *body* with a class-specific
-  silhouette (circle, square, triangle, ...; 25–45 % of the image side) whose texture and
-  colour are the same for all classes, carrying a small *mark* (10–15 % of the body's area,
-  at a random place inside it) in a saturated class-specific colour and pattern. The mark
+  silhouette (circle, square, triangle, ...; diameter ``body_size``, by default 25–45 % of the
+  image side) whose texture and colour are the same for all classes, carrying a small *mark*
+  (``mark_area``, by default 10–15 % of the body's area, at a random place inside it) in a saturated class-specific colour and pattern. The mark
   alone identifies the class, so a plain CAM classifier fires on the mark and misses the body.
 - **Co-occurrence bias.** Each class owns a background texture; with probability
   ``cooccurrence`` (default 0.2) the image background is the texture of one of its present
@@ -57,8 +57,10 @@ SPLITS: dict[str, int] = {"train": 0, "val": 1}
 #: Default probability that the background is the preferred texture of a present class.
 COOCCURRENCE_PROB = 0.2
 NEUTRAL_TEXTURES = 4
-BODY_RADIUS = (0.125, 0.225)  # fraction of the image side: diameters 25–45 %
-MARK_AREA = (0.10, 0.15)  # fraction of the body's area
+#: Default body diameter range, as a fraction of the image side (``data.synthetic.body_size``).
+BODY_SIZE = (0.25, 0.45)
+#: Default mark area range, as a fraction of the body's area (``data.synthetic.mark_area``).
+MARK_AREA = (0.10, 0.15)
 _REF_AREA = 2.2  # squared body radii: slimmer shapes are scaled up by (ref/area)^¼
 MIN_VISIBLE = 0.55  # an object keeps at least this fraction of its area visible
 MIN_MARK_VISIBLE = 0.5
@@ -389,8 +391,11 @@ def render_scene(
     num_classes: int,
     image_size: int,
     cooccurrence: float = COOCCURRENCE_PROB,
+    body_size: tuple[float, float] = BODY_SIZE,
+    mark_area: tuple[float, float] = MARK_AREA,
 ) -> Scene:
     """Generate image ``index`` of ``split``; a pure function of its arguments."""
+    radius = (body_size[0] / 2, body_size[1] / 2)
     rng = np.random.default_rng([seed, SPLITS[split], index])
     size = image_size
     names = CLASS_NAMES[:num_classes]
@@ -406,7 +411,7 @@ def render_scene(
         shape = SHAPES[names[k]]
         for attempt in range(PLACEMENT_TRIES):
             # Slim silhouettes (star, arrow) get a larger radius so bodies have similar areas.
-            r = rng.uniform(*BODY_RADIUS) * size * (_REF_AREA / shape_area(names[k])) ** 0.25
+            r = rng.uniform(*radius) * size * (_REF_AREA / shape_area(names[k])) ** 0.25
             theta = rng.uniform(0.0, 2 * math.pi)
             cx, cy = rng.uniform(0.5 * r, size - 0.5 * r, size=2)
             if not placed and attempt == PLACEMENT_TRIES - 1:
@@ -425,7 +430,7 @@ def render_scene(
                 for j, p in enumerate(placed)
             ):
                 continue
-            half = math.sqrt(rng.uniform(*MARK_AREA) * shape_area(names[k])) / 2
+            half = math.sqrt(rng.uniform(*mark_area) * shape_area(names[k])) / 2
             mu0, mv0 = _mark_centre(shape, names[k], half, rng)
             mu, mv = (fp.u - mu0) / half, (fp.v - mv0) / half
             in_mark = fp.inside & (np.abs(mu) <= 1) & (np.abs(mv) <= 1)
@@ -577,8 +582,21 @@ class SyntheticStats:
         return asdict(self)
 
 
+def _check_range(name: str, pair: tuple[float, float], what: str) -> None:
+    lo, hi = pair
+    if not 0.0 < lo <= hi <= 1.0:
+        raise ConfigError(f"{name} must be [low, high] with 0 < low <= high <= 1 ({what}), got {list(pair)}")
+
+
 def _check_args(
-    num_train: int, num_val: int, num_classes: int, image_size: int, seed: int, cooccurrence: float
+    num_train: int,
+    num_val: int,
+    num_classes: int,
+    image_size: int,
+    seed: int,
+    cooccurrence: float,
+    body_size: tuple[float, float] = BODY_SIZE,
+    mark_area: tuple[float, float] = MARK_AREA,
 ) -> None:
     if num_train < 1 or num_val < 0:
         raise ConfigError(f"need num_train >= 1 and num_val >= 0, got {num_train}, {num_val}")
@@ -590,6 +608,8 @@ def _check_args(
         raise ConfigError(f"seed must be a non-negative integer, got {seed}")
     if not 0.0 <= cooccurrence <= 1.0:
         raise ConfigError(f"cooccurrence must be a probability in [0, 1], got {cooccurrence}")
+    _check_range("body_size", body_size, "body diameter as a fraction of the image side")
+    _check_range("mark_area", mark_area, "mark area as a fraction of the body's area")
 
 
 def generate_synthetic(
@@ -601,13 +621,15 @@ def generate_synthetic(
     image_size: int,
     seed: int,
     cooccurrence: float = COOCCURRENCE_PROB,
+    body_size: tuple[float, float] = BODY_SIZE,
+    mark_area: tuple[float, float] = MARK_AREA,
 ) -> SyntheticStats:
     """Write the dataset to ``root`` (replacing it) and return its statistics.
 
     Everything is written into a temporary sibling folder renamed onto ``root`` at the end,
     so an interrupted run never leaves a partial dataset. Image ids are ``<split>_<index:05d>``.
     """
-    _check_args(num_train, num_val, num_classes, image_size, seed, cooccurrence)
+    _check_args(num_train, num_val, num_classes, image_size, seed, cooccurrence, body_size, mark_area)
     names = list(CLASS_NAMES[:num_classes])
     stats = SyntheticStats(image_size=image_size, seed=seed, class_names=names)
     n_images = n_objects = n_distractors = n_bias = 0
@@ -624,7 +646,9 @@ def generate_synthetic(
             per_class = dict.fromkeys(names, 0)
             for index in range(count):
                 image_id = f"{split}_{index:05d}"
-                scene = render_scene(seed, split, index, num_classes, image_size, cooccurrence)
+                scene = render_scene(
+                    seed, split, index, num_classes, image_size, cooccurrence, body_size, mark_area
+                )
                 Image.fromarray(scene.image).save(
                     dirs["JPEGImages"] / f"{image_id}.jpg", format="JPEG", quality=JPEG_QUALITY
                 )
