@@ -5,8 +5,9 @@ What makes it hard in the way P-NOC's target data is hard:
 - **Discriminative mark on a shared body.** Every class is a *body* with a class-specific
   silhouette (circle, square, triangle, ...; diameter ``body_size``, by default 25–45 % of the
   image side) whose texture and colour are the same for all classes, carrying a small *mark*
-  (``mark_area``, by default 10–15 % of the body's area, at a random place inside it) in a saturated class-specific colour and pattern. The mark
-  alone identifies the class, so a plain CAM classifier fires on the mark and misses the body.
+  (``mark_area``, by default 10–15 % of the body's area, at a random place inside it) in a
+  saturated class-specific colour and pattern. The mark alone identifies the class, so a plain
+  CAM classifier fires on the mark and misses the body.
 - **Co-occurrence bias.** Each class owns a background texture; with probability
   ``cooccurrence`` (default 0.2) the image background is the texture of one of its present
   classes (else any texture of the pool, which also holds 4 neutral ones, so a present class's
@@ -585,7 +586,9 @@ class SyntheticStats:
 def _check_range(name: str, pair: tuple[float, float], what: str) -> None:
     lo, hi = pair
     if not 0.0 < lo <= hi <= 1.0:
-        raise ConfigError(f"{name} must be [low, high] with 0 < low <= high <= 1 ({what}), got {list(pair)}")
+        raise ConfigError(
+            f"{name} must be [low, high] with 0 < low <= high <= 1 ({what}), got {list(pair)}"
+        )
 
 
 def _check_args(
@@ -595,8 +598,8 @@ def _check_args(
     image_size: int,
     seed: int,
     cooccurrence: float,
-    body_size: tuple[float, float] = BODY_SIZE,
-    mark_area: tuple[float, float] = MARK_AREA,
+    body_size: tuple[float, float],
+    mark_area: tuple[float, float],
 ) -> None:
     if num_train < 1 or num_val < 0:
         raise ConfigError(f"need num_train >= 1 and num_val >= 0, got {num_train}, {num_val}")
@@ -629,7 +632,9 @@ def generate_synthetic(
     Everything is written into a temporary sibling folder renamed onto ``root`` at the end,
     so an interrupted run never leaves a partial dataset. Image ids are ``<split>_<index:05d>``.
     """
-    _check_args(num_train, num_val, num_classes, image_size, seed, cooccurrence, body_size, mark_area)
+    _check_args(
+        num_train, num_val, num_classes, image_size, seed, cooccurrence, body_size, mark_area
+    )
     names = list(CLASS_NAMES[:num_classes])
     stats = SyntheticStats(image_size=image_size, seed=seed, class_names=names)
     n_images = n_objects = n_distractors = n_bias = 0
