@@ -10,7 +10,7 @@ def test_defaults_and_params_yaml_parse(tiny_params):
     assert isinstance(parse_params({}), Params)
     params = parse_params(tiny_params)
     assert params.data.synthetic.classes == 3
-    assert params.cam.pnoc.mask_threshold == 0.37
+    assert params.cam.pnoc.mask_threshold == 0.6
 
 
 @pytest.mark.parametrize(
