@@ -27,8 +27,8 @@ import mlflow
 import numpy as np
 import torch
 
-from pipelines import serving, tracking
 from pnoc.registry import encode_image_b64
+from pnoc_pipelines import serving, tracking
 
 NAME = "pnoc-segmenter-bench"
 

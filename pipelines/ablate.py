@@ -18,8 +18,6 @@ from typing import Any
 import mlflow
 import yaml
 
-from pipelines import tracking
-from pipelines.common import load_params
 from pnoc.cam.export import evaluate_cams, export_cams
 from pnoc.cam.methods import METHODS
 from pnoc.cam.training import train_cam_classifier
@@ -27,6 +25,8 @@ from pnoc.config import Params, flatten, resolve_device, seed_everything
 from pnoc.data.factory import open_dataset
 from pnoc.errors import ConfigError
 from pnoc.io import write_json
+from pnoc_pipelines import tracking
+from pnoc_pipelines.common import load_params
 
 REPORT = Path("reports/ablation_cams.json")
 

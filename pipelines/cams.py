@@ -13,12 +13,12 @@ from pathlib import Path
 
 import mlflow
 
-from pipelines.common import main, stage
 from pnoc.cam.export import evaluate_cams, export_cams
 from pnoc.cam.inference import cam_overlay_grid, load_cam_npz
 from pnoc.cam.training import load_cam_model
 from pnoc.data.factory import open_dataset
 from pnoc.io import atomic_path, write_json, write_text
+from pnoc_pipelines.common import main, stage
 
 MODEL = Path("models/cam.pt")
 OUT = Path("outputs/cams")

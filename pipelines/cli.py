@@ -85,8 +85,8 @@ def repro(
     """Run `dvc repro` as one pipeline execution: a parent MLflow run with a child per stage."""
     from mlflow.tracking import MlflowClient
 
-    from pipelines import tracking
-    from pipelines.common import load_params
+    from pnoc_pipelines import tracking
+    from pnoc_pipelines.common import load_params
 
     load_params()  # fail on bad params before anything starts
     experiment_id = tracking.configure()
@@ -118,7 +118,7 @@ def ablate_cams_cmd(
     ] = None,
 ) -> None:
     """Train vanilla, P-OC and P-NOC generators on the same data and print their CAM mIoU."""
-    from pipelines.ablate import format_table, run
+    from pnoc_pipelines.ablate import format_table, run
 
     report = run(methods or ["vanilla", "poc", "pnoc"], seeds or [0, 1], params, settings)
     typer.echo(format_table(report))
@@ -140,11 +140,11 @@ def predict(
     import pandas as pd
     from PIL import Image
 
-    from pipelines import tracking
     from pnoc.data.voc import read_image, write_mask_png
     from pnoc.errors import PnocError
     from pnoc.io import atomic_path
     from pnoc.viz import colorize
+    from pnoc_pipelines import tracking
 
     for path in images:
         if not path.is_file():
@@ -177,16 +177,16 @@ def predict(
 @app.command("check-params")
 def check_params(path: Path = Path("params.yaml")) -> None:
     """Validate a params file and print it back with defaults filled in."""
-    from pipelines.common import load_params
+    from pnoc_pipelines.common import load_params
 
     typer.echo(load_params(path).model_dump_json(indent=2))
 
 
-from pipelines.dev import dev_app  # noqa: E402  (`pnoc dev s3`: local S3 for DVC and MLflow)
+from pnoc_pipelines.dev import dev_app  # noqa: E402  (`pnoc dev s3`: local S3 for DVC and MLflow)
 
 app.add_typer(dev_app, name="dev")
 
-from pipelines.sweep import app as sweep_app  # noqa: E402  (`pnoc sweep saliency|adversarial`)
+from pnoc_pipelines.sweep import app as sweep_app  # noqa: E402  (`pnoc sweep saliency|adversarial`)
 
 app.add_typer(sweep_app, name="sweep")
 

@@ -56,7 +56,7 @@ def stage(name: str, sections: Sequence[str]) -> Iterator[StageContext]:
     ``sections`` are the params keys (``"cam"``, ``"base.seed"``) the stage reads: exactly those
     are logged, mirroring the ``params:`` list of the stage in dvc.yaml.
     """
-    from pipelines import tracking
+    from pnoc_pipelines import tracking
 
     params = load_params()
     seed_everything(params.base.seed)

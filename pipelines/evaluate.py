@@ -12,7 +12,6 @@ from pathlib import Path
 import mlflow
 from tqdm import tqdm
 
-from pipelines.common import main, stage
 from pnoc.data.factory import open_dataset
 from pnoc.errors import DatasetError
 from pnoc.io import write_json
@@ -20,6 +19,7 @@ from pnoc.metrics import ConfusionMatrix
 from pnoc.models.deeplab import DeepLabV3Plus
 from pnoc.segmentation.inference import segment_image
 from pnoc.viz import confusion_png, mask_grid
+from pnoc_pipelines.common import main, stage
 
 MODEL = Path("models/deeplab.pt")
 METRICS = Path("metrics/segmentation.json")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import mlflow
 
-from pipelines.common import main, stage
 from pnoc.config import SYNTHETIC_ROOT
 from pnoc.data.synthetic import generate_synthetic
+from pnoc_pipelines.common import main, stage
 
 
 def run() -> None:

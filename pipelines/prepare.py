@@ -12,10 +12,10 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from pipelines.common import main, stage
 from pnoc.data.factory import open_dataset, warn_missing_classes
 from pnoc.data.synthetic import sample_grid
 from pnoc.io import write_json
+from pnoc_pipelines.common import main, stage
 
 METRICS = Path("metrics/dataset.json")
 GRID = Path("plots/samples.png")

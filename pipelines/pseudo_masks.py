@@ -17,7 +17,6 @@ import mlflow
 import numpy as np
 from tqdm import tqdm
 
-from pipelines.common import main, stage
 from pnoc.cam.export import cam_path
 from pnoc.cam.inference import load_cam_npz
 from pnoc.data.factory import open_dataset
@@ -30,6 +29,7 @@ from pnoc.refine.affinity_labels import IGNORE
 from pnoc.refine.pseudo_masks import cam_fallback_mask, saliency_gate, walk_pseudo_mask
 from pnoc.saliency.inference import load_saliency_png, saliency_path
 from pnoc.viz import mask_grid
+from pnoc_pipelines.common import main, stage
 
 CAMS = Path("outputs/cams")
 LABELS = Path("outputs/affinity_labels")

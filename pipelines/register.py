@@ -16,9 +16,9 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from pipelines.common import main, stage
 from pnoc.errors import PnocError
 from pnoc.io import write_json
+from pnoc_pipelines.common import main, stage
 
 CHECKPOINT = Path("models/deeplab.pt")
 METRICS = Path("metrics/segmentation.json")
@@ -51,7 +51,7 @@ def read_metric(path: Path, key: str) -> float | None:
 
 def version_tags(run_id: str) -> dict[str, str]:
     """Lineage of the new version: git commit, dataset hash, stage and pipeline runs."""
-    from pipelines.tracking import lineage_tags
+    from pnoc_pipelines.tracking import lineage_tags
 
     lineage = lineage_tags("register")
     run_tags = MlflowClient().get_run(run_id).data.tags
@@ -77,7 +77,7 @@ def format_decision(record: dict[str, Any]) -> str:
 
 
 def run() -> None:
-    from pipelines.serving import log_segmenter, register
+    from pnoc_pipelines.serving import log_segmenter, register
 
     with stage("register", ["register", "segmentation.tta_scales", "segmentation.tta_flip"]) as ctx:
         p = ctx.params.register

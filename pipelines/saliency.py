@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipelines.common import main, stage
 from pnoc.data.factory import open_dataset
 from pnoc.data.transforms import eval_transform
 from pnoc.io import atomic_path, write_json
@@ -30,6 +29,7 @@ from pnoc.saliency.inference import (
     saliency_sweep_confusion,
     save_saliency_png,
 )
+from pnoc_pipelines.common import main, stage
 
 MODEL = Path("models/ccam.pt")
 OUT = Path("outputs/saliency")

@@ -27,7 +27,7 @@ params.yaml (outside the searched keys) refuses to resume: finished trials would
 comparable; use another ``--name``.
 
 Tracking: one MLflow parent run per sweep, a nested run per trial; see
-:mod:`pipelines.sweep_mlflow` (only the driver writes, with retries on SQLite locks).
+:mod:`pnoc_pipelines.sweep_mlflow` (only the driver writes, with retries on SQLite locks).
 """
 
 from __future__ import annotations
@@ -333,7 +333,7 @@ def read_trials(paths: SweepPaths, segments: Sequence[str], epochs: int) -> list
     """Every trial of the sweep's segments, numbered in the order they were created."""
     from ray.tune import ExperimentAnalysis
 
-    from pipelines.sweep_mlflow import trial_error_text
+    from pnoc_pipelines.sweep_mlflow import trial_error_text
 
     records: list[TrialRecord] = []
     for segment in segments:
@@ -679,7 +679,7 @@ class _SegmentRunner:
     def run(self, segment: str, index: int, num_samples: int, *, restore: bool) -> None:
         from ray import tune
 
-        from pipelines.sweep_mlflow import MlflowTrialLogger
+        from pnoc_pipelines.sweep_mlflow import MlflowTrialLogger
 
         self.prepare()
         sweep, s = self.sweep, self.sweep.settings
@@ -777,8 +777,8 @@ def run_sweep(
     apply: bool = False,
 ) -> SweepOutcome:
     """Validate, run (or resume) the sweep, write its results; see the module docstring."""
-    from pipelines.common import read_yaml
-    from pipelines.sweep_mlflow import SweepTracker
+    from pnoc_pipelines.common import read_yaml
+    from pnoc_pipelines.sweep_mlflow import SweepTracker
 
     root = Path.cwd().resolve()
     raw_params = read_yaml(params_file)

@@ -97,7 +97,7 @@ class SweepTracker:
     def __init__(self, name: str, root: Path | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
-        from pipelines import tracking
+        from pnoc_pipelines import tracking
 
         self.name = name
         self.experiment_id = with_retries(tracking.configure, root=root)
@@ -113,7 +113,7 @@ class SweepTracker:
         )
 
     def _parent(self, root: Path | None) -> str:
-        from pipelines import tracking
+        from pnoc_pipelines import tracking
 
         found = self._search(f"tags.`{SWEEP_TAG}` = '{self.name}' and tags.`pnoc.kind` = 'sweep'")
         if found:
@@ -233,7 +233,7 @@ class SweepTracker:
     # -- end of a sweep -----------------------------------------------------------------------
 
     def sync(self, records: Sequence[Any], metric: str, names: Sequence[str]) -> None:
-        """Make every trial's run agree with Ray's records (``TrialRecord``s of pipelines.sweep).
+        """Make every trial's run agree with Ray's records (``TrialRecord``s of the driver).
 
         Missing runs are created with their whole history; runs left RUNNING by a killed driver
         are completed. Identical metric rows are deduplicated by MLflow, so re-logging is safe.

@@ -3,7 +3,7 @@
 Grouping: all stages of one pipeline execution share a parent run found by the tag
 ``pnoc.pipeline_id``. ``pnoc repro`` sets ``PNOC_PIPELINE_ID``; a plain ``dvc repro`` is
 recognised by the process id and start time of the ``dvc`` process that launched the stage, so
-its stages still form one tree. A stage run by hand (``python -m pipelines.prepare``) is a
+its stages still form one tree. A stage run by hand (``python -m pnoc_pipelines.prepare``) is a
 top-level run.
 """
 

@@ -12,8 +12,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from pipelines.common import checkpoint_config, main, stage
-from pipelines.tracking import MlflowLogger
 from pnoc.cam.export import cam_path
 from pnoc.cam.inference import load_cam_npz
 from pnoc.data.factory import open_dataset
@@ -23,6 +21,8 @@ from pnoc.models.backbones import save_model
 from pnoc.refine.affinity import train_affinity
 from pnoc.refine.affinity_labels import IGNORE, make_affinity_labels
 from pnoc.saliency.inference import load_saliency_png, saliency_path
+from pnoc_pipelines.common import checkpoint_config, main, stage
+from pnoc_pipelines.tracking import MlflowLogger
 
 CAMS = Path("outputs/cams")
 SALIENCY = Path("outputs/saliency")

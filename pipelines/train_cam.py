@@ -10,11 +10,11 @@ from pathlib import Path
 
 import mlflow
 
-from pipelines.common import checkpoint_config, main, stage
-from pipelines.tracking import MlflowLogger
 from pnoc.cam.training import load_cam_model, train_cam_classifier
 from pnoc.data.factory import open_dataset, warn_missing_classes
 from pnoc.models.backbones import save_model
+from pnoc_pipelines.common import checkpoint_config, main, stage
+from pnoc_pipelines.tracking import MlflowLogger
 
 OC = Path("models/oc.pt")
 OUT = Path("models/cam.pt")

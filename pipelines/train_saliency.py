@@ -11,11 +11,11 @@ from pathlib import Path
 
 import mlflow
 
-from pipelines.common import checkpoint_config, main, stage
-from pipelines.tracking import MlflowLogger
 from pnoc.data.factory import open_dataset
 from pnoc.models.backbones import save_model
 from pnoc.saliency.training import train_c2amh
+from pnoc_pipelines.common import checkpoint_config, main, stage
+from pnoc_pipelines.tracking import MlflowLogger
 
 CAMS = Path("outputs/cams")
 OUT = Path("models/ccam.pt")

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import mlflow
 
-from pipelines.common import checkpoint_config, main, stage
-from pipelines.tracking import MlflowLogger
 from pnoc.data.factory import open_dataset
 from pnoc.models.backbones import save_model
 from pnoc.segmentation.training import train_segmentation
+from pnoc_pipelines.common import checkpoint_config, main, stage
+from pnoc_pipelines.tracking import MlflowLogger
 
 MASKS = Path("outputs/pseudo_masks")
 OUT = Path("models/deeplab.pt")

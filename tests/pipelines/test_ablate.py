@@ -8,9 +8,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipelines.ablate import ablate_cams, format_table, parse_settings, run
 from pnoc.config import parse_params
 from pnoc.errors import ConfigError
+from pnoc_pipelines.ablate import ablate_cams, format_table, parse_settings, run
 
 
 @pytest.mark.slow

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipelines import serving, tracking
 from pnoc.errors import PnocError
+from pnoc_pipelines import serving, tracking
 
 NAME = "pnoc-segmenter-test"
 
@@ -106,7 +106,7 @@ def stage_dir(mlflow_store, tmp_path, monkeypatch, tiny_params):
 
 
 def test_register_stage_writes_the_decision(stage_dir, capsys):
-    from pipelines import register
+    from pnoc_pipelines import register
 
     register.run()
     record = json.loads((stage_dir / "reports" / "registry.json").read_text())
@@ -127,7 +127,7 @@ def test_register_stage_writes_the_decision(stage_dir, capsys):
 
 
 def test_register_stage_names_a_missing_metric(stage_dir):
-    from pipelines import register
+    from pnoc_pipelines import register
 
     (stage_dir / "metrics" / "segmentation.json").write_text(json.dumps({"pixel_acc": 0.9}))
     with pytest.raises(PnocError, match=r"segmentation.json: no metric 'miou'.*pixel_acc"):
@@ -135,7 +135,7 @@ def test_register_stage_names_a_missing_metric(stage_dir):
 
 
 def test_read_metric(tmp_path):
-    from pipelines.register import read_metric
+    from pnoc_pipelines.register import read_metric
 
     path = tmp_path / "m.json"
     path.write_text(json.dumps({"miou": None, "val": {"miou": 0.3}, "name": "x"}))

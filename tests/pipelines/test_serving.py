@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipelines import serving, tracking
 from pnoc.registry import PayloadError, encode_image_b64
+from pnoc_pipelines import serving, tracking
 
 NAME = "pnoc-segmenter-test"
 RNG = np.random.default_rng(0)
@@ -196,7 +196,7 @@ def test_scoring_server_takes_both_payloads_and_refuses_bad_ones(store):
 
 
 def _pnoc(monkeypatch, *args: str) -> int:
-    from pipelines import cli
+    from pnoc_pipelines import cli
 
     monkeypatch.setattr(sys, "argv", ["pnoc", *args])
     try:

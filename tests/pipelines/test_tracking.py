@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from pipelines import tracking
+from pnoc_pipelines import tracking
 
 
 def _runs(client: MlflowClient) -> list:

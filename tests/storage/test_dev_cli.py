@@ -35,7 +35,17 @@ def read_until(proc: subprocess.Popen, marker: str, timeout: float = 180) -> str
 
 def test_pnoc_dev_s3_serves_buckets_and_prints_setup(tmp_path: Path):
     data = tmp_path / "s3"
-    cmd = [sys.executable, "-m", "pipelines.cli", "dev", "s3", "--dir", str(data), "--port", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pnoc_pipelines.cli",
+        "dev",
+        "s3",
+        "--dir",
+        str(data),
+        "--port",
+        "0",
+    ]
     cmd += ["--bucket", "team-dvc", "--bucket", "team-mlflow"]
     # stderr to a file: an undrained pipe would block the CLI once 64 KiB of logs pile up
     err = (tmp_path / "stderr.txt").open("w")

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from mlflow.exceptions import MlflowException
 
-from pipelines.sweep import apply_best, resolve_address
-from pipelines.sweep_mlflow import is_lock_error, with_retries
 from pnoc.errors import ConfigError
+from pnoc_pipelines.sweep import apply_best, resolve_address
+from pnoc_pipelines.sweep_mlflow import is_lock_error, with_retries
 from tests.conftest import REPO
 
 
@@ -126,7 +126,7 @@ def test_cli_refuses_a_metric_no_trial_reports(tmp_path: Path):
     config["saliency"]["metric"] = "pseudo_mask_miou"
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "sweep", "saliency", "--config", "sweep.yaml"],
+        [sys.executable, "-m", "pnoc_pipelines.cli", "sweep", "saliency", "--config", "sweep.yaml"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -26,7 +26,16 @@ pytestmark = pytest.mark.slow
 
 
 def _sweep(kind: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "pipelines.cli", "sweep", kind, "--config", "sweep.yaml", *args]
+    return [
+        sys.executable,
+        "-m",
+        "pnoc_pipelines.cli",
+        "sweep",
+        kind,
+        "--config",
+        "sweep.yaml",
+        *args,
+    ]
 
 
 def _run(
