@@ -33,8 +33,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from pnoc.cam.generator import CAMMethod
 from pnoc.cam.inference import DEFAULT_SCALES, multiscale_cams
-from pnoc.cam.methods import CAMMethod, build_method
+from pnoc.cam.methods import build_method
 from pnoc.cam.schedules import Ramp
 from pnoc.engine import build_sgd
 from pnoc.models.cam import CAMNet

@@ -27,7 +27,7 @@ import mlflow
 import numpy as np
 import torch
 
-from pnoc.registry import encode_image_b64
+from pnoc.serving import encode_image_b64
 from pnoc_pipelines import serving, tracking
 
 NAME = "pnoc-segmenter-bench"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
@@ -18,17 +19,42 @@ from typing import Any
 import mlflow
 import yaml
 
-from pnoc.cam.export import evaluate_cams, export_cams
 from pnoc.cam.methods import METHODS
-from pnoc.cam.training import train_cam_classifier
-from pnoc.config import Params, flatten, resolve_device, seed_everything
+from pnoc.config import Params, flatten
 from pnoc.data.factory import open_dataset
+from pnoc.engine import Runtime, resolve_device
 from pnoc.errors import ConfigError
 from pnoc.io import write_json
+from pnoc.steps import cams, train_cam
 from pnoc_pipelines import tracking
 from pnoc_pipelines.common import load_params
 
 REPORT = Path("reports/ablation_cams.json")
+
+
+def runtime_of(params: Params, seed: int) -> Runtime:
+    """The ablation's run settings: ``base`` of params.yaml with ``seed``, no checkpoint."""
+    b = params.base
+    return Runtime(
+        seed=seed,
+        device=resolve_device(b.device),
+        amp=b.amp,
+        num_workers=b.num_workers,
+        progress=b.progress,
+    )
+
+
+def generators(
+    params: Params, methods: list[str], seed: int, train: Any
+) -> Iterator[tuple[str, train_cam.TrainedCAM]]:
+    """The ordinary classifier trained once with ``seed``, then each method's generator from it:
+    the ``train_oc`` and ``train_cam`` stages' library call, with the same params and seed."""
+    runtime = runtime_of(params, seed)
+    image_size = params.data.image_size
+    oc = train_cam.run(params.oc, train, runtime, image_size=image_size).model
+    for method in methods:
+        cfg = params.cam.model_copy(update={"method": method})
+        yield method, train_cam.run(cfg, train, runtime, image_size=image_size, oc=oc)
 
 
 def ablate_cams(
@@ -44,10 +70,9 @@ def ablate_cams(
             f"ablate-cams: methods must be among {sorted(METHODS)} and at least one seed given "
             f"(got methods={methods}, seeds={seeds})"
         )
-    device = resolve_device(params.base.device)
     train = open_dataset(params.data, params.data.train_split)
-    evaluation = open_dataset(params.data, params.cams.eval_split)
-    thresholds = params.cams.thresholds.values()
+    split = params.cams.eval_split
+    evaluation = open_dataset(params.data, split)
     results: dict[str, dict[int, float]] = {m: {} for m in methods}
     experiment_id = tracking.configure()
     with mlflow.start_run(
@@ -59,48 +84,27 @@ def ablate_cams(
         if overrides:
             mlflow.log_params({f"set.{k}": v for k, v in overrides.items()})
         for seed in seeds:
-            seed_everything(seed)
-            oc = train_cam_classifier(
-                params.oc,
-                train,
-                image_size=params.data.image_size,
-                seed=seed,
-                device=device,
-                amp=params.base.amp,
-                progress=params.base.progress,
-            ).model
-            for method in methods:
-                cam_cfg = params.cam.model_copy(update={"method": method})
-                seed_everything(seed)
+            for method, trained in generators(params, methods, seed, train):
                 t0 = time.perf_counter()
+                with tempfile.TemporaryDirectory() as cam_dir:
+                    sweep = cams.run(
+                        trained.model,
+                        {split: evaluation},
+                        cam_dir,
+                        runtime_of(params, seed),
+                        scales=params.cams.scales,
+                        flip=params.cams.flip,
+                        thresholds=params.cams.thresholds.values(),
+                    )[split]
+                seconds = trained.result.seconds + time.perf_counter() - t0
+                cam_cfg = params.cam.model_copy(update={"method": method})
                 with mlflow.start_run(run_name=f"{method}-seed{seed}", nested=True):
                     mlflow.log_params(flatten(cam_cfg) | {"seed": seed})
-                    trained = train_cam_classifier(
-                        cam_cfg,
-                        train,
-                        image_size=params.data.image_size,
-                        seed=seed,
-                        oc=oc,
-                        device=device,
-                        amp=params.base.amp,
-                        progress=params.base.progress,
-                    )
-                    with tempfile.TemporaryDirectory() as cam_dir:
-                        export_cams(
-                            trained.model,
-                            evaluation,
-                            cam_dir,
-                            scales=params.cams.scales,
-                            flip=params.cams.flip,
-                            device=device,
-                            progress=params.base.progress,
-                        )
-                        sweep = evaluate_cams(evaluation, cam_dir, thresholds)
                     mlflow.log_metrics(
                         {
                             "miou": sweep.best_miou,
                             "best_threshold": sweep.best_threshold,
-                            "seconds": time.perf_counter() - t0,
+                            "seconds": seconds,
                         }
                     )
                 results[method][seed] = sweep.best_miou
@@ -115,7 +119,7 @@ def ablate_cams(
         }
         for m, s in summary.items():
             mlflow.log_metric(f"{m}.mean_miou", s["mean"])
-        report = {"split": params.cams.eval_split, "overrides": overrides or {}, "methods": summary}
+        report = {"split": split, "overrides": overrides or {}, "methods": summary}
         write_json(report_path, report)
         mlflow.log_dict(report, "ablation_cams.json")
     return report

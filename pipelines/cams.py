@@ -13,11 +13,10 @@ from pathlib import Path
 
 import mlflow
 
-from pnoc.cam.export import evaluate_cams, export_cams
-from pnoc.cam.inference import cam_overlay_grid, load_cam_npz
-from pnoc.cam.training import load_cam_model
+from pnoc.cam.inference import cam_overlay_grid, load_cam_model, load_cam_npz
 from pnoc.data.factory import open_dataset
 from pnoc.io import atomic_path, write_json, write_text
+from pnoc.steps import cams
 from pnoc_pipelines.common import main, stage
 
 MODEL = Path("models/cam.pt")
@@ -28,28 +27,26 @@ GRID = Path("plots/cams_overlay.png")
 
 
 def run() -> None:
-    with stage("cams", ["base", "data", "cams"]) as ctx:
+    with stage("cams") as ctx:
         p = ctx.params
-        model = load_cam_model(MODEL, ctx.device)
+        runtime = ctx.runtime()
+        model = load_cam_model(MODEL, runtime.torch_device)
         datasets = {split: open_dataset(p.data, split) for split in p.cams.splits}
         with atomic_path(OUT) as tmp:
-            for split, dataset in datasets.items():
-                n = export_cams(
-                    model,
-                    dataset,
-                    tmp,
-                    scales=p.cams.scales,
-                    flip=p.cams.flip,
-                    device=ctx.device,
-                    progress=p.base.progress,
-                )
-                print(f"wrote CAMs of {n} {split} images")
-        thresholds = p.cams.thresholds.values()
+            sweeps = cams.run(
+                model,
+                datasets,
+                tmp,
+                runtime,
+                scales=p.cams.scales,
+                flip=p.cams.flip,
+                thresholds=p.cams.thresholds.values(),
+            )
         report: dict = {}
         rows = []
-        for split, dataset in datasets.items():
-            sweep = evaluate_cams(dataset, OUT, thresholds)
-            report[split] = sweep.to_dict(dataset.class_names)
+        for split, sweep in sweeps.items():
+            print(f"wrote CAMs of {len(datasets[split])} {split} images")
+            report[split] = sweep.to_dict(datasets[split].class_names)
             mlflow.log_metrics(
                 {f"{split}.miou": sweep.best_miou, f"{split}.best_threshold": sweep.best_threshold}
             )
@@ -65,11 +62,10 @@ def run() -> None:
 
         shown = datasets[p.cams.eval_split]
         images, maps, classes = [], [], []
-        for i in range(min(6, len(shown))):
-            image_id = shown.ids[i]
-            cams, cls = load_cam_npz(OUT / f"{image_id}.npz")
+        for image_id in shown.ids[:6]:
+            record, cls = load_cam_npz(OUT / f"{image_id}.npz")
             images.append(shown.load_image(image_id))
-            maps.append(cams.astype("float32"))
+            maps.append(record.astype("float32"))
             classes.append(cls)
         cam_overlay_grid(images, maps, classes, shown.class_names, GRID)
         for artifact in (METRICS, CURVE, GRID):

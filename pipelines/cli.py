@@ -140,7 +140,7 @@ def predict(
     import pandas as pd
     from PIL import Image
 
-    from pnoc.data.voc import read_image, write_mask_png
+    from pnoc.data.files import read_image, write_mask_png
     from pnoc.errors import PnocError
     from pnoc.io import atomic_path
     from pnoc.viz import colorize

@@ -1,21 +1,32 @@
-"""What every stage shares: loading params.yaml, seeding, the device, its MLflow run, errors."""
+"""What every stage shares: params.yaml, its contract in dvc.yaml, the runtime, its MLflow run.
+
+dvc.yaml is the one place a stage's contract is written: ``stage(name)`` logs exactly the params
+the stage lists there and hands the stage a view of params.yaml in which any other key is an
+error, so code and dvc.yaml cannot drift apart unnoticed (tests/pipelines/test_contracts.py checks
+the paths the same way).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
-from pnoc.config import Params, flatten, parse_params, resolve_device, seed_everything
+from pnoc.config import Params, flatten, parse_params
+from pnoc.engine import CheckpointConfig, Runtime, fingerprint, resolve_device
 from pnoc.errors import ConfigError, PnocError
 
 PARAMS_FILE = Path("params.yaml")
+DVC_FILE = Path("dvc.yaml")
+CHECKPOINT_DIR = Path(".pnoc/checkpoints")
 log = logging.getLogger("pnoc")
 
 
@@ -42,31 +53,100 @@ def load_params(path: Path = PARAMS_FILE, overrides: dict[str, Any] | None = Non
     return parse_params(apply_overrides(read_yaml(path) or {}, overrides), source=source)
 
 
+@functools.cache
+def _dvc_stages(path: Path) -> dict[str, Any]:
+    stages = (read_yaml(path) or {}).get("stages")
+    if not isinstance(stages, dict):
+        raise ConfigError(f"{path}: expected a 'stages' mapping")
+    return stages
+
+
+def stage_contract(name: str, path: Path = DVC_FILE) -> dict[str, Any]:
+    """The dvc.yaml entry of stage ``name`` (cmd, deps, params, outs, metrics, plots)."""
+    stages = _dvc_stages(path)
+    if name not in stages:
+        raise ConfigError(f"{path}: no stage '{name}' (stages: {', '.join(stages)})")
+    return stages[name]
+
+
+def declared_params(name: str, path: Path = DVC_FILE) -> list[str]:
+    """The dotted params keys stage ``name`` lists under ``params:`` in dvc.yaml."""
+    keys: list[str] = []
+    for entry in stage_contract(name, path).get("params") or []:
+        # An entry is a key of params.yaml, or {other_file.yaml: [keys]}: only the former here.
+        keys += [entry] if isinstance(entry, str) else []
+    return keys
+
+
+class DeclaredParams:
+    """params.yaml as a stage may read it: the keys its dvc.yaml entry declares, and no other.
+
+    A declared section comes back whole (the typed model); a section of which only some keys are
+    declared comes back as another ``DeclaredParams``; anything else is a ConfigError naming the
+    key, so a stage that reads an undeclared param fails on its first run instead of silently
+    missing DVC's change detection.
+    """
+
+    def __init__(self, params: BaseModel, stage: str, declared: list[str], prefix: str = ""):
+        self._params, self._stage, self._declared, self._prefix = params, stage, declared, prefix
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        key = self._prefix + name
+        value = getattr(self._params, name)
+        if any(key == d or key.startswith(d + ".") for d in self._declared):
+            return value
+        if any(d.startswith(key + ".") for d in self._declared):
+            return DeclaredParams(value, self._stage, self._declared, key + ".")
+        raise ConfigError(
+            f"stage '{self._stage}' reads params key '{key}', which dvc.yaml does not list under "
+            f"stages.{self._stage}.params (declared: {', '.join(self._declared)})"
+        )
+
+
 @dataclass
 class StageContext:
     name: str
-    params: Params
-    device: str
+    params: Params  # a DeclaredParams view, typed as what it reads like
+
+    def runtime(self) -> Runtime:
+        """The stage's run settings from ``base``."""
+        b = self.params.base
+        return Runtime(
+            seed=b.seed,
+            device=resolve_device(b.device),
+            amp=b.amp,
+            num_workers=b.num_workers,
+            progress=b.progress,
+        )
+
+    def training_runtime(self, section: str) -> Runtime:
+        """:meth:`runtime` with an MLflow logger and a resumable checkpoint at
+        ``.pnoc/checkpoints/<stage>.ckpt``, keyed by ``base``, ``data`` and ``section``."""
+        from pnoc_pipelines.tracking import MlflowLogger
+
+        p = self.params
+        key = fingerprint(p.base, p.data, getattr(p, section))
+        checkpoint = CheckpointConfig(CHECKPOINT_DIR / f"{self.name}.ckpt", 50, key)
+        return self.runtime().replace(checkpoint=checkpoint, callbacks=[MlflowLogger()])
 
 
 @contextlib.contextmanager
-def stage(name: str, sections: Sequence[str]) -> Iterator[StageContext]:
-    """Load params, seed, pick the device and open the stage's MLflow run.
-
-    ``sections`` are the params keys (``"cam"``, ``"base.seed"``) the stage reads: exactly those
-    are logged, mirroring the ``params:`` list of the stage in dvc.yaml.
-    """
+def stage(name: str) -> Iterator[StageContext]:
+    """Load params and open the stage's MLflow run, logging the params dvc.yaml declares."""
     from pnoc_pipelines import tracking
 
     params = load_params()
-    seed_everything(params.base.seed)
-    device = resolve_device(params.base.device)
-    flat = flatten(params)
+    declared = declared_params(name)
     logged = {
-        k: v for k, v in flat.items() if any(k == s or k.startswith(s + ".") for s in sections)
+        k: v
+        for k, v in flatten(params).items()
+        if any(k == s or k.startswith(s + ".") for s in declared)
     }
+    view: Any = DeclaredParams(params, name, declared)
     with tracking.stage_run(name, logged) as _run:
-        yield StageContext(name=name, params=params, device=device)
+        yield StageContext(name=name, params=view)
 
 
 def main(fn: Callable[[], None]) -> None:
@@ -77,18 +157,3 @@ def main(fn: Callable[[], None]) -> None:
     except PnocError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
-
-
-CHECKPOINT_DIR = Path(".pnoc/checkpoints")
-
-
-def checkpoint_config(stage_name: str, *parts: Any, every_steps: int = 50):
-    """Resumable-training state for a stage, outside DVC's outputs, keyed by its config."""
-    from pnoc.cam.training import fingerprint
-    from pnoc.engine import CheckpointConfig
-
-    return CheckpointConfig(
-        path=CHECKPOINT_DIR / f"{stage_name}.ckpt",
-        every_steps=every_steps,
-        fingerprint=fingerprint(*parts),
-    )

@@ -10,14 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
-from tqdm import tqdm
 
 from pnoc.data.factory import open_dataset
-from pnoc.errors import DatasetError
 from pnoc.io import write_json
-from pnoc.metrics import ConfusionMatrix
 from pnoc.models.deeplab import DeepLabV3Plus
-from pnoc.segmentation.inference import segment_image
+from pnoc.steps import evaluate
 from pnoc.viz import confusion_png, mask_grid
 from pnoc_pipelines.common import main, stage
 
@@ -28,36 +25,19 @@ GRID = Path("plots/segmentation_overlay.png")
 
 
 def run() -> None:
-    with stage(
-        "evaluate",
-        ["base", "data", "segmentation.tta_scales", "segmentation.tta_flip", "segmentation.crf"],
-    ) as ctx:
+    with stage("evaluate") as ctx:
         p = ctx.params
         s = p.segmentation
         dataset = open_dataset(p.data, p.data.val_split)
-        model = DeepLabV3Plus.from_checkpoint(MODEL).to(ctx.device).eval()
-        if model.num_classes != len(dataset.class_names):
-            raise DatasetError(
-                dataset.root,
-                f"{len(dataset.class_names)} classes, but {MODEL} predicts {model.num_classes}",
-            )
-        cm = ConfusionMatrix(len(dataset.class_names))
-        shown = []
-        for image_id in tqdm(dataset.ids, desc="evaluate", disable=not p.base.progress):
-            image = dataset.load_image(image_id)
-            gt = dataset.load_mask(image_id)
-            if gt is None:
-                raise DatasetError(dataset.mask_path(image_id), "no ground truth to evaluate")
-            pred, probs = segment_image(
-                model, image, scales=s.tta_scales, flip=s.tta_flip, device=ctx.device
-            )
-            if s.crf:
-                from pnoc.refine.crf import dense_crf
-
-                pred = dense_crf(image, probs).argmax(0).astype("uint8")
-            cm.update(pred, gt)
-            if len(shown) < 6:
-                shown.append((image, [gt, pred]))
+        result = evaluate.run(
+            DeepLabV3Plus.from_checkpoint(MODEL),
+            dataset,
+            ctx.runtime(),
+            scales=s.tta_scales,
+            flip=s.tta_flip,
+            crf=s.crf,
+        )
+        cm = result.confusion
         report = {
             "split": p.data.val_split,
             "images": len(dataset),
@@ -67,7 +47,10 @@ def run() -> None:
         write_json(METRICS, report)
         confusion_png(cm.matrix, dataset.class_names, CONFUSION)
         mask_grid(
-            [r[0] for r in shown], [r[1] for r in shown], ["ground truth", "prediction"], GRID
+            [r[0] for r in result.shown],
+            [r[1] for r in result.shown],
+            ["ground truth", "prediction"],
+            GRID,
         )
         mlflow.log_metrics(
             {"val.miou": report["miou"] or 0.0, "val.pixel_acc": report["pixel_acc"] or 0.0}

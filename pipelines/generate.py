@@ -14,7 +14,7 @@ from pnoc_pipelines.common import main, stage
 
 
 def run() -> None:
-    with stage("generate", ["data.synthetic", "data.image_size"]) as ctx:
+    with stage("generate") as ctx:
         syn = ctx.params.data.synthetic
         stats = generate_synthetic(
             SYNTHETIC_ROOT,

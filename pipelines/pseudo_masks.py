@@ -14,20 +14,11 @@ import json
 from pathlib import Path
 
 import mlflow
-import numpy as np
-from tqdm import tqdm
 
-from pnoc.cam.export import cam_path
-from pnoc.cam.inference import load_cam_npz
 from pnoc.data.factory import open_dataset
-from pnoc.data.voc import read_mask, write_mask_png
-from pnoc.errors import PnocError
 from pnoc.io import atomic_path, write_json
-from pnoc.metrics import ConfusionMatrix
 from pnoc.models.affinity import AffinityNet
-from pnoc.refine.affinity_labels import IGNORE
-from pnoc.refine.pseudo_masks import cam_fallback_mask, saliency_gate, walk_pseudo_mask
-from pnoc.saliency.inference import load_saliency_png, saliency_path
+from pnoc.steps import pseudo_masks
 from pnoc.viz import mask_grid
 from pnoc_pipelines.common import main, stage
 
@@ -49,71 +40,31 @@ def cam_miou(split: str) -> float | None:
 
 
 def run() -> None:
-    params = ["base", "data", "affinity.backbone", "saliency.threshold", "pseudo_masks"]
-    with stage("pseudo_masks", params) as ctx:
+    with stage("pseudo_masks") as ctx:
         p = ctx.params
         cfg = p.pseudo_masks
         dataset = open_dataset(p.data, cfg.split)
         model = AffinityNet.from_checkpoint(MODEL, expected_backbone=p.affinity.backbone)
-        model = model.to(ctx.device).eval()
-        walked_cm = ConfusionMatrix(len(dataset.class_names))
-        cam_cm = ConfusionMatrix(len(dataset.class_names))
-        fallback: list[str] = []
-        shown = []
         with atomic_path(OUT) as tmp:
-            tmp.mkdir()
-            for image_id in tqdm(dataset.ids, desc="pseudo-masks", disable=not p.base.progress):
-                cams, classes = load_cam_npz(cam_path(CAMS, image_id))
-                image = dataset.load_image(image_id)
-                labels_file = LABELS / f"{image_id}.png"
-                if not labels_file.exists():
-                    raise PnocError(
-                        f"{labels_file}: affinity labels missing (rerun train_affinity)"
-                    )
-                sal = None
-                if cfg.background == "saliency":
-                    sal = load_saliency_png(
-                        saliency_path(SALIENCY, image_id), expected_size=cams.shape[1:]
-                    )
-                cam_mask = cam_fallback_mask(cams, classes, cfg.bg_threshold)
-                if not (read_mask(labels_file) != IGNORE).any():
-                    mask = saliency_gate(cam_mask, sal, p.saliency.threshold)
-                    fallback.append(image_id)
-                else:
-                    mask = walk_pseudo_mask(
-                        model,
-                        image,
-                        cams,
-                        classes,
-                        cfg,
-                        device=ctx.device,
-                        saliency=sal,
-                        saliency_threshold=p.saliency.threshold,
-                    )
-                write_mask_png(tmp / f"{image_id}.png", mask)
-                gt = dataset.load_mask(image_id)
-                if gt is not None:
-                    walked_cm.update(np.where(mask == IGNORE, 0, mask), gt)
-                    cam_cm.update(cam_mask, gt)
-                if len(shown) < 6:
-                    shown.append((image, [gt, cam_mask, mask]))
+            result = pseudo_masks.run(
+                model,
+                dataset,
+                tmp,
+                ctx.runtime(),
+                cfg=cfg,
+                cam_dir=CAMS,
+                label_dir=LABELS,
+                saliency_dir=SALIENCY,
+                saliency_threshold=p.saliency.threshold,
+            )
         cams_best = cam_miou(cfg.split)
-        report = {
-            "split": cfg.split,
-            "miou": walked_cm.miou() if walked_cm.matrix.sum() else None,
-            "cam_miou_at_bg_threshold": cam_cm.miou() if cam_cm.matrix.sum() else None,
-            "cam_best_miou": cams_best,
-            "images": len(dataset),
-            "fallback_images": len(fallback),
-            "fallback_ids": fallback[:50],
-            "per_class": walked_cm.to_dict(dataset.class_names),
-        }
+        report = {"split": cfg.split, **result.report, "cam_best_miou": cams_best}
         if report["miou"] is not None and cams_best is not None:
             report["gain_over_cams"] = report["miou"] - cams_best
         write_json(METRICS, report)
         mask_grid(
-            [s[0] for s in shown],
-            [s[1] for s in shown],
+            [s[0] for s in result.shown],
+            [s[1] for s in result.shown],
             ["ground truth", "CAM", "pseudo-mask"],
             GRID,
         )
@@ -123,13 +74,13 @@ def run() -> None:
         }
         mlflow.log_metrics(
             {k: float(v) for k, v in logged.items() if v is not None}
-            | {"fallback_images": float(len(fallback))}
+            | {"fallback_images": float(report["fallback_images"])}
         )
         for artifact in (METRICS, GRID):
             mlflow.log_artifact(str(artifact))
         print(
             f"pseudo-mask mIoU ({cfg.split}): {report['miou']} "
-            f"(CAMs best {cams_best}); {len(fallback)} fallback image(s)"
+            f"(CAMs best {cams_best}); {report['fallback_images']} fallback image(s)"
         )
 
 

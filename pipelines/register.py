@@ -79,7 +79,7 @@ def format_decision(record: dict[str, Any]) -> str:
 def run() -> None:
     from pnoc_pipelines.serving import log_segmenter, register
 
-    with stage("register", ["register", "segmentation.tta_scales", "segmentation.tta_flip"]) as ctx:
+    with stage("register") as ctx:
         p = ctx.params.register
         seg = ctx.params.segmentation
         value = read_metric(METRICS, p.metric)

@@ -27,7 +27,7 @@ model sees the request. A tensor signature rejects the base64 dataframe, and a t
 ``AnyType`` keeps both: the server names every ``inputs`` list after that column and builds a
 DataFrame from it, so a batch arrives as one image per row, and a single H×W×3 image arrives as
 H rows of W×3 pixels, which :func:`images_from_input` stacks back into one image. Validation is
-ours (:mod:`pnoc.registry`), with messages that name the value at fault.
+ours (:mod:`pnoc.serving`), with messages that name the value at fault.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import AnyType, Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 from pnoc.errors import PnocError
-from pnoc.registry import (
+from pnoc.serving import (
     PayloadError,
     Segmenter,
     check_batch_size,
@@ -129,7 +129,7 @@ def _is_encoded(value: Any) -> bool:
 def images_from_input(model_input: Any) -> list[np.ndarray]:
     """The images of one request (see the module docstring), each H×W×3 uint8.
 
-    Raises :class:`~pnoc.registry.PayloadError` naming the first bad value.
+    Raises :class:`~pnoc.serving.PayloadError` naming the first bad value.
     """
     if isinstance(model_input, pd.DataFrame):
         if INPUT_COLUMN not in model_input.columns:
@@ -274,7 +274,7 @@ def register(
     tags: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Register a new version of ``model_name``; alias it ``challenger``, and ``champion`` when
-    :func:`~pnoc.registry.decide` prefers it to the current champion (whose value is read from
+    :func:`~pnoc.serving.decide` prefers it to the current champion (whose value is read from
     its version tag). Returns the decision record."""
     client = MlflowClient()
     before = current_champion(client, model_name, metric_name)

@@ -13,32 +13,19 @@ import mlflow
 
 from pnoc.data.factory import open_dataset
 from pnoc.models.backbones import save_model
-from pnoc.saliency.training import train_c2amh
-from pnoc_pipelines.common import checkpoint_config, main, stage
-from pnoc_pipelines.tracking import MlflowLogger
+from pnoc.steps import train_saliency
+from pnoc_pipelines.common import main, stage
 
 CAMS = Path("outputs/cams")
 OUT = Path("models/ccam.pt")
 
 
 def run() -> None:
-    with stage("train_saliency", ["base", "data", "saliency"]) as ctx:
+    with stage("train_saliency") as ctx:
         p = ctx.params
-        s = p.saliency
         train = open_dataset(p.data, p.data.train_split)
-        trained = train_c2amh(
-            s,
-            train,
-            CAMS,
-            image_size=p.data.image_size,
-            seed=p.base.seed,
-            device=ctx.device,
-            amp=p.base.amp,
-            num_workers=p.base.num_workers,
-            checkpoint=checkpoint_config("train_saliency", p.base, p.data, s),
-            callbacks=[MlflowLogger()],
-            progress=p.base.progress,
-        )
+        runtime = ctx.training_runtime("saliency")
+        trained = train_saliency.run(p.saliency, train, CAMS, runtime, image_size=p.data.image_size)
         check = asdict(trained.orientation)
         save_model(OUT, trained.model, {"stage": "train_saliency", "orientation": check})
         mlflow.log_metrics(

@@ -11,35 +11,25 @@ import mlflow
 
 from pnoc.data.factory import open_dataset
 from pnoc.models.backbones import save_model
-from pnoc.segmentation.training import train_segmentation
-from pnoc_pipelines.common import checkpoint_config, main, stage
-from pnoc_pipelines.tracking import MlflowLogger
+from pnoc.steps import train_segmentation
+from pnoc_pipelines.common import main, stage
 
 MASKS = Path("outputs/pseudo_masks")
 OUT = Path("models/deeplab.pt")
 
 
 def run() -> None:
-    with stage("train_segmentation", ["base", "data", "segmentation"]) as ctx:
+    with stage("train_segmentation") as ctx:
         p = ctx.params
         train = open_dataset(p.data, p.pseudo_masks.split)
-        model, result = train_segmentation(
-            p.segmentation,
-            train,
-            MASKS,
-            image_size=p.data.image_size,
-            seed=p.base.seed,
-            device=ctx.device,
-            amp=p.base.amp,
-            num_workers=p.base.num_workers,
-            checkpoint=checkpoint_config("train_segmentation", p.base, p.data, p.segmentation),
-            callbacks=[MlflowLogger()],
-            progress=p.base.progress,
+        runtime = ctx.training_runtime("segmentation")
+        trained = train_segmentation.run(
+            p.segmentation, train, MASKS, runtime, image_size=p.data.image_size
         )
         meta = {"stage": "train_segmentation", "class_names": train.class_names}
-        save_model(OUT, model, meta)
+        save_model(OUT, trained.model, meta)
         mlflow.log_param("checkpoint", str(OUT))
-        print(f"trained DeepLabV3+ in {result.seconds:.0f}s -> {OUT}")
+        print(f"trained DeepLabV3+ in {trained.result.seconds:.0f}s -> {OUT}")
 
 
 if __name__ == "__main__":

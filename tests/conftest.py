@@ -94,6 +94,7 @@ def make_project(root: Path, params: dict[str, Any], mlflow_uri: str) -> Project
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["MLFLOW_TRACKING_URI"] = mlflow_uri
+    env["OMP_NUM_THREADS"] = "1"  # as the test process (_one_thread): same float rounding
     env.pop("PNOC_PIPELINE_ID", None)
     project = Project(root, env)
     project.write_params(params)

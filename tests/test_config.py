@@ -1,9 +1,11 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pnoc.config import Params, flatten, parse_params
 from pnoc.errors import ConfigError
+from tests.conftest import REPO
 
 
 def test_defaults_and_params_yaml_parse(tiny_params):
@@ -56,7 +58,8 @@ def test_synthetic_root_is_fixed():
 
 
 def test_threshold_values_and_flatten():
-    params = parse_params({})
+    ramp = {"start": 0.0, "end": 1.0, "until": 1.0}
+    params = parse_params({"cam": {"pnoc": {"ow": ramp}}, "data": {"synthetic": {"train": 800}}})
     values = params.cams.thresholds.values()
     assert values[0] == pytest.approx(0.05) and values[-1] == pytest.approx(0.80)
     assert len(values) == 16
@@ -69,3 +72,14 @@ def test_params_are_frozen():
     params = parse_params({})
     with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-instance error
         params.base.seed = 3
+
+
+def test_library_defaults_are_params_yaml():
+    """One source for each default: the typed sections' defaults are params.yaml's values."""
+    shipped = parse_params(yaml.safe_load((REPO / "params.yaml").read_text()))
+    assert flatten(parse_params({})) == flatten(shipped)
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1"])
+def test_device_accepts_an_index(device):
+    assert parse_params({"base": {"device": device}}).base.device == device

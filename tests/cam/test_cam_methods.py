@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from pnoc.cam.methods import OCCSE, PNOC, POC, FrozenClassifier, Puzzle, VanillaCAM, build_method
+from pnoc.cam.generator import FrozenClassifier
+from pnoc.cam.methods import OCCSE, PNOC, POC, Puzzle, VanillaCAM, build_method
 from pnoc.cam.schedules import Ramp
 from pnoc.errors import ConfigError
 from pnoc.models.cam import CAMNet, copy_camnet

@@ -9,7 +9,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from pnoc.data.coco import COCODataset
-from pnoc.data.voc import ClassificationSet, SegmentationSet
+from pnoc.data.torch_sets import ClassificationSet, SegmentationSet
 from pnoc.errors import DatasetError
 
 W, H = 40, 30

@@ -7,15 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pnoc.data import synthetic
-from pnoc.data.synthetic import (
-    CLASS_NAMES,
-    generate_synthetic,
-    render_scene,
-    sample_grid,
-)
+from pnoc.data import synthetic, synthetic_scene, synthetic_shapes
+from pnoc.data.synthetic import CLASS_NAMES, generate_synthetic, render_scene
 from pnoc.data.voc import VOCDataset
 from pnoc.errors import ConfigError
+from pnoc.viz import sample_grid
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -105,7 +101,7 @@ def test_scene_structure_and_difficulty() -> None:
         n_obj.append(len(scene.objects))
         bias.append(scene.background_from_class)
         for o in scene.objects:
-            assert o.visible_fraction >= synthetic.MIN_VISIBLE - 0.05
+            assert o.visible_fraction >= synthetic_scene.MIN_VISIBLE - 0.05
             xmin, ymin, xmax, ymax = o.bbox
             assert 1 <= xmin <= xmax <= 96 and 1 <= ymin <= ymax <= 96
             scales.append(max(xmax - xmin, ymax - ymin) + 1)
@@ -225,7 +221,7 @@ def test_sample_grid(synthetic_root: Path, tmp_path: Path) -> None:
 
 
 def test_marks_are_unique_per_class() -> None:
-    specs = {(m.colour, m.second, m.pattern) for m in map(synthetic._mark, range(20))}
+    specs = {(m.colour, m.second, m.pattern) for m in map(synthetic_shapes.mark_for, range(20))}
     assert len(specs) == 20
 
 

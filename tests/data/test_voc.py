@@ -10,16 +10,10 @@ import torch
 from PIL import Image
 
 from pnoc.data.base import SampleKey
+from pnoc.data.files import VOC_PALETTE, write_mask_png
+from pnoc.data.torch_sets import ClassificationSet, SegmentationSet, collate
 from pnoc.data.transforms import segmentation_train_transform
-from pnoc.data.voc import (
-    VOC_CLASSES,
-    VOC_PALETTE,
-    ClassificationSet,
-    SegmentationSet,
-    VOCDataset,
-    collate,
-    write_mask_png,
-)
+from pnoc.data.voc import VOC_CLASSES, VOCDataset
 from pnoc.errors import ConfigError, DatasetError
 
 
@@ -73,7 +67,7 @@ def test_missing_images_skipped_and_reported(
     ids = (voc_copy / "ImageSets/Segmentation/train.txt").read_text().split()
     for image_id in ids[:2]:
         (voc_copy / "JPEGImages" / f"{image_id}.jpg").unlink()
-    with caplog.at_level(logging.WARNING, logger="pnoc.data.voc"):
+    with caplog.at_level(logging.WARNING, logger="pnoc.data.reader"):
         ds = VOCDataset(voc_copy, "train", skip_bad=True)
     assert len(ds) == 10
     assert [i for i, _ in ds.skipped] == ids[:2]
@@ -112,20 +106,26 @@ def test_validate_raises_or_skips(voc_copy: Path, caplog: pytest.LogCaptureFixtu
         VOCDataset(voc_copy, "train").validate()
     _assert_names(e, f"{ids[3]}.jpg")
     ds = VOCDataset(voc_copy, "train", skip_bad=True)
-    with caplog.at_level(logging.WARNING, logger="pnoc.data.voc"):
+    with caplog.at_level(logging.WARNING, logger="pnoc.data.reader"):
         assert ds.validate(workers=2) == 11
     assert ids[3] not in ds.ids and [i for i, _ in ds.skipped] == [ids[3]]
     assert "skipped 1 of 12" in caplog.text
 
 
-def test_mask_size_differs_from_image(voc_copy: Path) -> None:
-    image_id = _first_id(voc_copy)
-    write_mask_png(voc_copy / "SegmentationClass" / f"{image_id}.png", np.zeros((60, 64), np.uint8))
-    ds = VOCDataset(voc_copy, "train")
+def _load_error_with_mask(root: Path, mask: np.ndarray) -> str:
+    """Give the first train id ``mask``; loading its sample must raise naming the mask file."""
+    image_id = _first_id(root)
+    write_mask_png(root / "SegmentationClass" / f"{image_id}.png", mask)
+    ds = VOCDataset(root, "train")
     with pytest.raises(DatasetError) as e:
         ds[0]
     _assert_names(e, f"{image_id}.png")
-    assert "64x60" in str(e.value) and "64x64" in str(e.value)
+    return str(e.value)
+
+
+def test_mask_size_differs_from_image(voc_copy: Path) -> None:
+    message = _load_error_with_mask(voc_copy, np.zeros((60, 64), np.uint8))
+    assert "64x60" in message and "64x64" in message
 
 
 def test_unknown_xml_object_name(voc_copy: Path) -> None:
@@ -151,15 +151,10 @@ def test_malformed_xml(voc_copy: Path) -> None:
 
 
 def test_mask_value_out_of_range(voc_copy: Path) -> None:
-    image_id = _first_id(voc_copy)
     mask = np.zeros((64, 64), np.uint8)
     mask[10:20, 10:20] = 50
-    write_mask_png(voc_copy / "SegmentationClass" / f"{image_id}.png", mask)
-    ds = VOCDataset(voc_copy, "train")
-    with pytest.raises(DatasetError) as e:
-        ds[0]
-    _assert_names(e, f"{image_id}.png")
-    assert "[50]" in str(e.value) and "255" in str(e.value)
+    message = _load_error_with_mask(voc_copy, mask)
+    assert "[50]" in message and "255" in message
 
 
 def test_rgb_mask_is_rejected(voc_copy: Path) -> None:

@@ -17,7 +17,9 @@ from pnoc.data.base import SampleKey
 from pnoc.engine import (
     Callback,
     CheckpointConfig,
+    Runtime,
     TrainContext,
+    TrainData,
     build_sgd,
     fit,
     load_checkpoint,
@@ -93,11 +95,14 @@ class Recorder(Callback):
 
 
 def _fit(method: LinearMethod, **kw: Any) -> Any:
+    """fit() with TrainData keys (epochs, batch_size, …) and Runtime keys (seed, …) mixed."""
     opt = build_sgd([{"params": method.net.parameters()}], lr=kw.pop("lr", 0.1))
     dataset = kw.pop("dataset", None) or RegressionData()
-    args: dict[str, Any] = {"epochs": 2, "batch_size": 4, "seed": 0, "progress": False}
-    args.update(kw)
-    return fit(method, dataset, optimizers={"sgd": opt}, **args)
+    data_keys = {"epochs", "batch_size", "grad_accum", "collate_fn", "max_steps_per_epoch"}
+    data: dict[str, Any] = {"epochs": 2, "batch_size": 4}
+    data.update({k: kw.pop(k) for k in list(kw) if k in data_keys})
+    runtime: dict[str, Any] = {"seed": 0, "progress": False, **kw}
+    return fit(method, TrainData(dataset, **data), {"sgd": opt}, Runtime(**runtime))
 
 
 def test_grad_accumulation_equals_a_larger_batch() -> None:
@@ -249,12 +254,9 @@ def test_two_optimizers_are_stepped_in_call_order() -> None:
     _spy(noc_opt, "noc", calls)
     result = fit(
         m,
-        RegressionData(),
-        optimizers={"gen": gen_opt, "noc": noc_opt},
-        epochs=1,
-        batch_size=4,
-        seed=0,
-        progress=False,
+        TrainData(RegressionData(), epochs=1, batch_size=4),
+        {"gen": gen_opt, "noc": noc_opt},
+        Runtime(seed=0, progress=False),
     )
     assert calls == ["gen", "noc"] * result.steps
     assert all(g is None for grads in m.noc_grads_after_gen for g in grads)
@@ -272,12 +274,9 @@ def test_optimizer_not_updated_is_left_alone() -> None:
     _spy(noc_opt, "noc", calls)
     fit(
         m,
-        RegressionData(),
-        optimizers={"gen": gen_opt, "noc": noc_opt},
-        epochs=1,
-        batch_size=4,
-        seed=0,
-        progress=False,
+        TrainData(RegressionData(), epochs=1, batch_size=4),
+        {"gen": gen_opt, "noc": noc_opt},
+        Runtime(seed=0, progress=False),
     )
     assert calls == []
     assert torch.equal(m.noc.weight.grad, sentinel)  # never zeroed by the engine
@@ -400,13 +399,9 @@ def test_channels_last_trains_the_same_weights() -> None:
         opt = build_sgd([{"params": list(method.net.parameters())}], lr=0.1)
         fit(
             method,
-            ImageData(),
-            optimizers={"sgd": opt},
-            epochs=2,
-            batch_size=4,
-            seed=0,
-            progress=False,
-            channels_last=channels_last,
+            TrainData(ImageData(), epochs=2, batch_size=4),
+            {"sgd": opt},
+            Runtime(seed=0, progress=False, channels_last=channels_last),
         )
         weights.append([p.detach().clone() for p in method.net.parameters()])
         formats.append(set(method.formats))

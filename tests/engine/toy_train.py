@@ -40,7 +40,9 @@ from pnoc.data.base import SampleKey
 from pnoc.engine import (
     Callback,
     CheckpointConfig,
+    Runtime,
     TrainContext,
+    TrainData,
     build_sgd,
     fit,
     param_groups,
@@ -104,17 +106,13 @@ def main(out_dir: Path, ckpt: Path) -> None:
     method = ToyMethod()
     opt = build_sgd(param_groups(method.backbone, method.head), lr=0.05, weight_decay=1e-4)
     kill = os.environ.get("PNOC_TOY_KILL_AT_STEP")
-    result = fit(
-        method,
-        ToyDataset(),
-        optimizers={"sgd": opt},
-        epochs=2,
-        batch_size=4,
+    runtime = Runtime(
         seed=123,
         checkpoint=CheckpointConfig(ckpt, every_steps=2, fingerprint="toy-v1"),
         callbacks=[KillAt(int(kill))] if kill else [],
         progress=False,
     )
+    result = fit(method, TrainData(ToyDataset(), epochs=2, batch_size=4), {"sgd": opt}, runtime)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {
         f"{name}.{k}": v for name, m in method.modules().items() for k, v in m.state_dict().items()

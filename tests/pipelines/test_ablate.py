@@ -69,3 +69,25 @@ def test_a_bad_setting_names_the_key(tiny_params, tmp_path):
 def test_unknown_method_is_refused_before_training(tiny_params):
     with pytest.raises(ConfigError, match="magic"):
         ablate_cams(parse_params(tiny_params), ["vanilla", "magic"], [0])
+
+
+@pytest.mark.slow
+def test_the_ablation_trains_the_stages_generator(reproduced, monkeypatch):
+    """`pnoc ablate-cams` and `dvc repro` train the same generator for the same params and seed:
+    both call the train_oc/train_cam step, which reseeds before building anything."""
+    import torch
+
+    from pnoc.data.factory import open_dataset
+    from pnoc.models.cam import CAMNet
+    from pnoc_pipelines.ablate import generators
+    from pnoc_pipelines.common import load_params
+
+    monkeypatch.chdir(reproduced.root)
+    params = load_params(reproduced.root / "params.yaml")
+    train = open_dataset(params.data, params.data.train_split)
+    ((method, trained),) = generators(params, [params.cam.method], params.base.seed, train)
+    stage_model = CAMNet.from_checkpoint(reproduced.root / "models" / "cam.pt")
+    ablated, staged = trained.model.state_dict(), stage_model.state_dict()
+    assert method == "pnoc" and list(ablated) == list(staged)
+    for key, value in ablated.items():
+        assert torch.equal(value, staged[key]), key

@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pnoc.cam.inference import load_cam_npz
-from pnoc.data.voc import read_mask
+from pnoc.data.files import read_mask
 from pnoc.saliency.inference import load_saliency_png
 
 pytestmark = pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -12,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from pnoc.errors import PnocError
 from pnoc_pipelines import serving, tracking
+from tests.conftest import REPO
 
 NAME = "pnoc-segmenter-test"
 
@@ -93,8 +95,10 @@ def test_a_champion_ranked_by_another_metric_is_replaced_with_a_reason(logged):
 
 @pytest.fixture
 def stage_dir(mlflow_store, tmp_path, monkeypatch, tiny_params):
-    """A project folder with params.yaml, models/deeplab.pt and metrics/segmentation.json."""
+    """A project folder with dvc.yaml, params.yaml, models/deeplab.pt and
+    metrics/segmentation.json."""
     monkeypatch.chdir(tmp_path)
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
     monkeypatch.setenv(tracking.PIPELINE_ENV, "test-pipeline")
     tiny_params["register"] = {"model_name": NAME, "metric": "miou"}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params))

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pnoc.registry import PayloadError, encode_image_b64
+from pnoc.serving import PayloadError, encode_image_b64
 from pnoc_pipelines import serving, tracking
 
 NAME = "pnoc-segmenter-test"

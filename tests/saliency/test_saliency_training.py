@@ -21,6 +21,7 @@ from pnoc.data.transforms import (
     RandomHorizontalFlip,
     RandomResize,
 )
+from pnoc.engine import Runtime
 from pnoc.errors import ConfigError, PnocError
 from pnoc.models.ccam import CCAMNet
 from pnoc.saliency.inference import orientation, predict_saliency
@@ -31,8 +32,8 @@ from pnoc.saliency.training import (
     dequantise_hint,
     fix_orientation,
     quantise_hint,
-    train_c2amh,
 )
+from pnoc.steps import train_saliency
 
 
 def _gray_gradient(h: int, w: int) -> np.ndarray:
@@ -192,10 +193,17 @@ def test_fix_orientation_flips_an_inverted_model(
 def test_tiny_training_run(synthetic_with_cams) -> None:
     dataset, cam_dir = synthetic_with_cams
     cfg = SaliencyParams(
-        epochs=1, batch_size=2, lr=0.01, backbone="resnet18", max_steps_per_epoch=2
+        epochs=1,
+        batch_size=2,
+        lr=0.01,
+        backbone="resnet18",
+        weights=None,
+        features="out",
+        max_steps_per_epoch=2,
     )
-    trained = train_c2amh(
-        cfg, dataset, cam_dir, image_size=32, seed=0, progress=False, orientation_images=3
+    runtime = Runtime(seed=0, progress=False)
+    trained = train_saliency.run(
+        cfg, dataset, cam_dir, runtime, image_size=32, orientation_images=3
     )
     assert trained.result.steps == 2
     (epoch,) = trained.result.history

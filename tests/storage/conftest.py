@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pnoc_pipelines.dev import S3Server, start_s3
+from pnoc_pipelines.s3_server import S3Server, start_s3
 from tests.conftest import REPO, Project, deep_merge, make_project
 
 ACCESS_KEY = "pnoc-test"

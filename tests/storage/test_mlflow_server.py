@@ -20,7 +20,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pnoc_pipelines.dev import S3Server, free_ports
+from pnoc_pipelines.s3_server import S3Server, free_ports
 from tests.storage.conftest import AWS_VARS
 
 pytestmark = pytest.mark.slow

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pnoc.cam.methods import FrozenClassifier
+from pnoc.cam.generator import FrozenClassifier
 from pnoc.models.cam import CAMNet, copy_camnet
-from pnoc.tune.objectives import ModuleTap, cam_saliency_mask
+from pnoc.tune.objectives import ModuleTap
+from pnoc.tune.trial_metrics import cam_saliency_mask
 
 
 def test_the_tap_catches_the_network_being_trained_not_the_frozen_judges():

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from pnoc.errors import DatasetError, PnocError
 from pnoc.io import atomic_path
+from pnoc.models.cam import CAMNet
 
 DEFAULT_SCALES = (0.5, 1.0, 1.5, 2.0)
 EPS = 1e-5
@@ -218,3 +219,8 @@ def cam_overlay_grid(
             grid.paste(panel, (col * tw, row * th))
     with atomic_path(path) as tmp:
         grid.save(tmp, format="PNG")
+
+
+def load_cam_model(path: str | Path, device: str | torch.device = "cpu") -> CAMNet:
+    """A trained CAM classifier (``models/oc.pt``, ``models/cam.pt``) in eval mode on ``device``."""
+    return CAMNet.from_checkpoint(path).to(torch.device(device)).eval()

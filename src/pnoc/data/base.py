@@ -1,4 +1,5 @@
-"""The sample structure every reader produces, and the key samplers hand to datasets."""
+"""The sample structure every reader produces, the key samplers hand to datasets, and the
+pixel conventions readers and transforms share."""
 
 from __future__ import annotations
 
@@ -6,6 +7,14 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+
+#: Mask value of pixels left out of every loss and metric (object boundaries, padding, crowds).
+IGNORE_INDEX = 255
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: The ImageNet mean as uint8 RGB: padding with it equals padding with 0 after normalisation.
+MEAN_RGB: tuple[int, int, int] = (124, 116, 104)
 
 
 class SampleKey(NamedTuple):
@@ -17,6 +26,14 @@ class SampleKey(NamedTuple):
 
     index: int
     seed: int
+
+
+def key_index(key: int | SampleKey) -> tuple[int, int]:
+    """(index, augmentation seed) of an int or a SampleKey; a plain int seeds with itself."""
+    if isinstance(key, SampleKey):
+        return int(key.index), int(key.seed)
+    index = int(key)
+    return index, index
 
 
 @dataclass

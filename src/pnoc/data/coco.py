@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from pnoc.data.base import SampleKey
-from pnoc.data.voc import IGNORE_INDEX, ImageLabelDataset, _key_index, _list_dir
+from pnoc.data.base import IGNORE_INDEX, SampleKey, key_index
+from pnoc.data.files import list_dir
+from pnoc.data.reader import ImageLabelDataset
 from pnoc.errors import DatasetError
 
 YEAR = 2014
@@ -63,10 +64,7 @@ class COCODataset(ImageLabelDataset):
     ) -> None:
         from pycocotools.coco import COCO  # imported lazily: only COCO users need it
 
-        self.root = Path(root)
-        self.split = split
-        self.skip_bad = skip_bad
-        self.skipped = []
+        super().__init__(root, split, skip_bad=skip_bad)
         self.image_dir = self.root / f"{split}{YEAR}"
         self.annotation_path = self.root / "annotations" / f"instances_{split}{YEAR}.json"
         if not self.annotation_path.is_file():
@@ -90,7 +88,6 @@ class COCODataset(ImageLabelDataset):
         self.class_names = ["background", *(self.coco.cats[c]["name"] for c in cat_ids)]
 
         self._image_info: dict[str, dict[str, Any]] = {}
-        self._labels: dict[str, np.ndarray] = {}
         ids: list[str] = []
         for img_id in sorted(self.coco.getImgIds()):
             info = self.coco.imgs[img_id]
@@ -113,7 +110,7 @@ class COCODataset(ImageLabelDataset):
         self.ids = ids
 
         bad: dict[str, str] = {}
-        files = _list_dir(self.image_dir)
+        files = list_dir(self.image_dir)
         missing = [i for i in ids if self._image_info[i]["file_name"] not in files]
         for image_id in missing:
             err = DatasetError(
@@ -137,7 +134,7 @@ class COCODataset(ImageLabelDataset):
         return self.annotation_path
 
     def labels(self, i: int | SampleKey) -> np.ndarray:
-        index, _ = _key_index(i)
+        index, _ = key_index(i)
         return self._labels[self.ids[index]].copy()
 
     def load_mask(self, image_id: str) -> np.ndarray:
@@ -177,6 +174,3 @@ class COCODataset(ImageLabelDataset):
                 f"not the image size {w}x{h} of '{image_id}'",
             )
         return m.astype(bool)
-
-    def _forget(self, image_id: str) -> None:
-        self._labels.pop(image_id, None)

@@ -6,19 +6,25 @@ are stored as tensors, lists and plain numbers and converted back on restore.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from pnoc.errors import ConfigError
 from pnoc.io import save_torch
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "CheckpointConfig",
+    "fingerprint",
     "load_checkpoint",
     "rng_state",
     "save_checkpoint",
@@ -29,6 +35,28 @@ log = logging.getLogger(__name__)
 
 #: Version of the dict ``fit`` saves; a checkpoint of another version is ignored.
 CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class CheckpointConfig:
+    """Where and how often ``fit`` saves its resumable state.
+
+    path: e.g. ``.pnoc/checkpoints/train_cam.ckpt``. Not a DVC output: DVC deletes a stage's
+        outputs before running it, which would defeat resuming.
+    every_steps: save every this many optimizer steps (0: only at epoch ends); a checkpoint is
+        also saved at every epoch end.
+    fingerprint: hash of the stage config. A checkpoint with another fingerprint (or another
+        data/batch layout) is ignored, with a log line, and training starts fresh.
+    """
+
+    path: Path
+    every_steps: int = 50
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        if self.every_steps < 0:
+            raise ConfigError(f"checkpoint every_steps must be >= 0, got {self.every_steps}")
 
 
 def rng_state() -> dict[str, Any]:
@@ -91,3 +119,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
         log.warning("ignoring checkpoint %s: not a dict; starting fresh", path)
         return None
     return state
+
+
+def fingerprint(*parts: Any) -> str:
+    """Stable hash of the config a checkpoint belongs to (pydantic models or JSON-like values)."""
+    norm = [p.model_dump(mode="json") if hasattr(p, "model_dump") else p for p in parts]
+    return hashlib.sha256(json.dumps(norm, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -23,32 +23,42 @@ __all__ = ["PolyLR", "build_sgd", "param_groups", "split_decay_groups"]
 
 
 def split_decay_groups(
-    module: nn.Module,
+    module: nn.Module | Iterable[tuple[str, nn.Parameter]],
     *,
     lr_mult: float = 1.0,
     bias_lr_mult: float = 2.0,
     bias_weight_decay: float | None = 0.0,
+    weight_decay: float | None = None,
+    name: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Split ``module``'s trainable parameters into a weight group and a bias group.
+    """Split trainable parameters into a weight group and a bias group.
 
+    ``module`` is a module or its ``(name, parameter)`` pairs (e.g. a subset of a model's).
     Returns ``[{"params", "lr_mult": lr_mult}, {"params", "lr_mult": lr_mult * bias_lr_mult,
-    "weight_decay": bias_weight_decay}]`` (the weight group takes the optimizer's weight decay;
-    ``bias_weight_decay=None`` lets biases take it too). Empty groups are dropped; parameters with
-    ``requires_grad=False`` are left out.
+    "weight_decay": bias_weight_decay}]``: the weight group takes the optimizer's weight decay
+    unless ``weight_decay`` is given, ``bias_weight_decay=None`` lets biases take it too. With
+    ``name`` each group starts with a ``"name"`` (``<name>_weight``, ``<name>_bias``) for
+    logging. Empty groups are dropped; parameters with ``requires_grad=False`` are left out.
     """
+    named = module.named_parameters() if isinstance(module, nn.Module) else module
     weights: list[nn.Parameter] = []
     biases: list[nn.Parameter] = []
-    for name, p in module.named_parameters():
+    for param_name, p in named:
         if p.requires_grad:
-            (biases if name.endswith("bias") else weights).append(p)
+            (biases if param_name.endswith("bias") else weights).append(p)
     groups: list[dict[str, Any]] = []
-    if weights:
-        groups.append({"params": weights, "lr_mult": lr_mult})
-    if biases:
-        bias_group: dict[str, Any] = {"params": biases, "lr_mult": lr_mult * bias_lr_mult}
-        if bias_weight_decay is not None:
-            bias_group["weight_decay"] = bias_weight_decay
-        groups.append(bias_group)
+    for kind, params, mult, decay in (
+        ("weight", weights, lr_mult, weight_decay),
+        ("bias", biases, lr_mult * bias_lr_mult, bias_weight_decay),
+    ):
+        if not params:
+            continue
+        group: dict[str, Any] = {} if name is None else {"name": f"{name}_{kind}"}
+        group["params"] = params
+        group["lr_mult"] = mult
+        if decay is not None:
+            group["weight_decay"] = decay
+        groups.append(group)
     return groups
 
 

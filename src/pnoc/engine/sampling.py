@@ -8,7 +8,7 @@ DataLoader workers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from pnoc.data.base import SampleKey
 
-__all__ = ["EpochSampler", "epoch_keys", "make_loader"]
+__all__ = ["EpochSampler", "epoch_keys", "make_loader", "to_device"]
 
 _INT63 = 2**63
 
@@ -132,3 +132,17 @@ def make_loader(
         generator=generator,
         persistent_workers=False,
     )
+
+
+def to_device(obj: Any, device: torch.device, channels_last: bool = False) -> Any:
+    if isinstance(obj, torch.Tensor):
+        if channels_last and obj.dim() == 4 and obj.is_floating_point():
+            return obj.to(device, non_blocking=True, memory_format=torch.channels_last)
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, Mapping):
+        return {k: to_device(v, device, channels_last) for k, v in obj.items()}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # named tuple
+        return type(obj)(*(to_device(v, device, channels_last) for v in obj))
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_device(v, device, channels_last) for v in obj)
+    return obj

@@ -3,13 +3,9 @@
 Methods (CAM generators, C²AM-H, AffinityNet, DeepLabV3+) differ by their ``train_step`` and
 losses, never by a new loop. The loop owns: epochs and deterministic sampling, gradient
 accumulation, the poly LR of every optimizer, AMP, NaN/Inf guards, callbacks, a progress bar and
-checkpoint/resume that reproduces an uninterrupted run bit for bit on CPU.
-
-Vocabulary:
-
-* a *micro-batch* is one batch of ``batch_size`` samples handed to ``Method.train_step``;
-* a *step* is one optimizer step = ``grad_accum`` micro-batches; ``TrainContext.step`` is its
-  0-based global index and schedules (poly LR, loss ramps) run on it.
+checkpoint/resume that reproduces an uninterrupted run bit for bit on CPU. What a method sees of
+it is in :mod:`pnoc.engine.context`; how it runs (seed, device, …) is a
+:class:`~pnoc.engine.runtime.Runtime`.
 """
 
 from __future__ import annotations
@@ -18,11 +14,8 @@ import contextlib
 import logging
 import sys
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,310 +27,43 @@ from pnoc.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from pnoc.engine.context import FitResult, Method, TrainContext, TrainData
 from pnoc.engine.optim import PolyLR
-from pnoc.engine.sampling import make_loader
-from pnoc.errors import ConfigError, NonFiniteLossError
+from pnoc.engine.runtime import Runtime
+from pnoc.engine.sampling import make_loader, to_device
+from pnoc.errors import ConfigError
 
-__all__ = [
-    "Callback",
-    "CheckpointConfig",
-    "FitResult",
-    "Method",
-    "TrainContext",
-    "fit",
-    "resolve_device",
-]
+__all__ = ["TrainData", "fit"]
 
 log = logging.getLogger(__name__)
 
 _amp_cpu_logged = False
 
 
-@dataclass
-class CheckpointConfig:
-    """Where and how often ``fit`` saves its resumable state.
-
-    path: e.g. ``.pnoc/checkpoints/train_cam.ckpt``. Not a DVC output: DVC deletes a stage's
-        outputs before running it, which would defeat resuming.
-    every_steps: save every this many optimizer steps (0: only at epoch ends); a checkpoint is
-        also saved at every epoch end.
-    fingerprint: hash of the stage config. A checkpoint with another fingerprint (or another
-        data/batch layout) is ignored, with a log line, and training starts fresh.
-    """
-
-    path: Path
-    every_steps: int = 50
-    fingerprint: str = ""
-
-    def __post_init__(self) -> None:
-        self.path = Path(self.path)
-        if self.every_steps < 0:
-            raise ConfigError(f"checkpoint every_steps must be >= 0, got {self.every_steps}")
-
-
-class TrainContext:
-    """What ``Method.train_step`` gets each micro-batch: position, device, AMP and ``update``.
-
-    Attributes:
-        epoch: current epoch (0-based).
-        step: global optimizer-step index (0-based) of the step in progress.
-        total_steps: optimizer steps of the whole run (epochs × steps_per_epoch).
-        steps_per_epoch: optimizer steps per epoch.
-        micro_step: index of the micro-batch inside the step, in [0, grad_accum).
-        grad_accum: micro-batches per optimizer step.
-        device: where modules and batches live.
-        amp: whether mixed precision is in effect (only ever True on CUDA).
-    """
-
-    def __init__(
-        self,
-        *,
-        device: torch.device,
-        amp: bool,
-        total_steps: int,
-        steps_per_epoch: int,
-        grad_accum: int,
-        optimizers: Mapping[str, torch.optim.Optimizer],
-        schedulers: Mapping[str, PolyLR],
-        scalers: Mapping[str, torch.amp.GradScaler],
-        on_nonfinite: Callable[[], None] | None = None,
-    ) -> None:
-        self.epoch = 0
-        self.step = 0
-        self.micro_step = 0
-        self.total_steps = total_steps
-        self.steps_per_epoch = steps_per_epoch
-        self.grad_accum = grad_accum
-        self.device = device
-        self.amp = amp
-        self._optimizers = dict(optimizers)
-        self._schedulers = dict(schedulers)
-        self._scalers = dict(scalers)
-        self._on_nonfinite = on_nonfinite
-        self._updates: dict[str, int] = defaultdict(int)  # update() calls in the current step
-        self._updated_in_micro: set[str] = set()
-
-    @property
-    def progress(self) -> float:
-        """``step / total_steps`` in [0, 1): what loss ramps and schedules use."""
-        return self.step / self.total_steps if self.total_steps else 0.0
-
-    @property
-    def is_accumulation_boundary(self) -> bool:
-        """True on the last micro-batch of a step (where ``update`` steps the optimizer)."""
-        return self.micro_step == self.grad_accum - 1
-
-    def lr(self, optimizer: str, group: int = 0) -> float:
-        """Current learning rate of one parameter group of a named optimizer."""
-        return float(self._optimizer(optimizer).param_groups[group]["lr"])
-
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """Mixed-precision context for forward passes (fp16 on CUDA; a no-op otherwise)."""
-        if self.amp:
-            return torch.autocast(device_type=self.device.type, dtype=torch.float16)
-        return contextlib.nullcontext()
-
-    def update(
-        self,
-        optimizer: str,
-        loss: torch.Tensor,
-        terms: Mapping[str, torch.Tensor | float] | None = None,
-        *,
-        max_grad_norm: float | None = None,
-    ) -> None:
-        """Backpropagate ``loss`` into the named optimizer's parameters; step it at the boundary.
-
-        1. ``terms`` (then ``loss``, named ``"loss"``) are checked for NaN/Inf; on failure the
-           last good state (that of the start of this step) is checkpointed and
-           :class:`NonFiniteLossError` names the term and the step.
-        2. ``(loss / grad_accum)`` is backpropagated through this optimizer's GradScaler.
-        3. On the last micro-batch of the step: unscale, optional grad-norm clipping over the
-           optimizer's parameters, ``optimizer.step``, ``zero_grad(set_to_none=True)`` and the
-           optimizer's poly-LR step.
-
-        Several optimizers may be updated in one ``train_step``, in the order of the calls
-        (P-NOC: generator, then noc). Each update zeroes only its own optimizer's gradients; a
-        method that must keep one loss's gradient out of another module's parameters sets
-        ``requires_grad`` (or detaches) itself.
-        """
-        opt = self._optimizer(optimizer)
-        if optimizer in self._updated_in_micro:
-            raise RuntimeError(
-                f"optimizer '{optimizer}' updated twice in one micro-batch; sum the losses first"
-            )
-        self._check_finite(loss, terms)
-        scaler = self._scalers[optimizer]
-        scaler.scale(loss / self.grad_accum).backward()
-        self._updated_in_micro.add(optimizer)
-        self._updates[optimizer] += 1
-        if self.is_accumulation_boundary:
-            scaler.unscale_(opt)
-            if max_grad_norm is not None:
-                params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-            self._schedulers[optimizer].step()
-
-    # -- engine side -------------------------------------------------------------------------
-
-    def _optimizer(self, name: str) -> torch.optim.Optimizer:
-        try:
-            return self._optimizers[name]
-        except KeyError:
-            raise KeyError(
-                f"unknown optimizer '{name}'; fit() was given {sorted(self._optimizers)}"
-            ) from None
-
-    def _check_finite(
-        self, loss: torch.Tensor, terms: Mapping[str, torch.Tensor | float] | None
-    ) -> None:
-        if not isinstance(loss, torch.Tensor):
-            raise TypeError(f"loss must be a torch.Tensor, got {type(loss).__name__}")
-        # Terms first: when a term is NaN the total is too, and the term is the useful name.
-        named = [*(terms or {}).items(), ("loss", loss)]
-        flat = [
-            torch.as_tensor(v).detach().to(device=loss.device, dtype=torch.float32).reshape(-1)
-            for _, v in named
-        ]
-        if bool(torch.isfinite(torch.cat(flat)).all()):  # one device sync for all terms
-            return
-        for (name, _), values in zip(named, flat, strict=True):
-            bad = values[~torch.isfinite(values)]
-            if bad.numel():
-                if self._on_nonfinite is not None:
-                    self._on_nonfinite()
-                raise NonFiniteLossError(self.step, name, float(bad[0].item()))
-
-    def _begin_micro(self, micro_step: int) -> None:
-        self.micro_step = micro_step
-        self._updated_in_micro = set()
-
-    def _begin_step(self, epoch: int, step: int) -> None:
-        self.epoch, self.step = epoch, step
-        self._updates = defaultdict(int)
-        # Align every schedule on the global step, so an optimizer a method skips on some steps
-        # still follows the same poly curve.
-        for sched in self._schedulers.values():
-            sched.set_step(step)
-
-    def _end_step(self) -> None:
-        for name, n in self._updates.items():
-            if n not in (0, self.grad_accum):
-                raise RuntimeError(
-                    f"optimizer '{name}' was updated on {n} of {self.grad_accum} micro-batches of "
-                    f"step {self.step}; update it on every micro-batch of a step or on none"
-                )
-
-
-@runtime_checkable
-class Method(Protocol):
-    """A training method: its modules and its step. The loop is ``fit``'s.
-
-    Optional members, used when present:
-        ``state_dict() -> dict`` / ``load_state_dict(dict)``: extra state to checkpoint (plain
-        types and tensors only: checkpoints are read with ``weights_only=True``);
-        ``on_train_start(ctx)``: called once, after modules are on the device and before any
-        checkpoint is loaded (e.g. to move frozen helper networks to ``ctx.device``).
-    """
-
-    def modules(self) -> dict[str, nn.Module]:
-        """All trainable state, checkpointed under these names."""
-        ...
-
-    def train_step(self, batch: Any, ctx: TrainContext) -> dict[str, float]:
-        """One micro-batch: forward, ``ctx.update(...)``; returns scalars to log."""
-        ...
-
-
-class Callback:
-    """Hooks into ``fit``; every method is a no-op here. Subclass and override what you need.
-
-    Modules' train/eval flags are restored after each hook, so an evaluating callback may call
-    ``eval()`` freely.
-    """
-
-    def on_step_end(self, ctx: TrainContext, metrics: dict[str, float]) -> None:
-        """After each optimizer step; ``metrics`` = the step's values (micro-batch means) plus
-        ``lr/<optimizer>`` (first group's lr used by the step)."""
-
-    def on_epoch_end(self, ctx: TrainContext, metrics: dict[str, float]) -> None:
-        """After each epoch; ``metrics`` = epoch means of the step metrics."""
-
-    def on_train_end(self, ctx: TrainContext) -> None:
-        """After the last epoch, before the checkpoint file is deleted."""
-
-
-@dataclass
-class FitResult:
-    """steps: optimizer steps of the whole run; epochs: epochs done; resumed_from_step: global
-    step the run resumed at (None: fresh start); history: per-epoch metric means; seconds: wall
-    time of this call."""
-
-    steps: int
-    epochs: int
-    resumed_from_step: int | None
-    history: list[dict[str, float]] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else as ``torch.device``."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def fit(
     method: Method,
-    dataset: Any,
-    *,
+    data: TrainData,
     optimizers: Mapping[str, torch.optim.Optimizer],
-    epochs: int,
-    batch_size: int,
-    seed: int,
-    checkpoint: CheckpointConfig | None = None,
-    device: str | torch.device = "cpu",
-    amp: bool = False,
-    grad_accum: int = 1,
-    poly_power: float = 0.9,
-    num_workers: int = 0,
-    collate_fn: Callable[[list[Any]], Any] | None = None,
-    callbacks: Sequence[Callback] = (),
-    progress: bool = True,
-    max_steps_per_epoch: int | None = None,
-    channels_last: bool = False,
+    runtime: Runtime | None = None,
 ) -> FitResult:
-    """Train ``method`` on ``dataset``; resume from ``checkpoint`` when it matches.
+    """Train ``method`` on ``data``; resume from ``runtime.checkpoint`` when it matches.
 
     Args:
         method: modules + ``train_step`` (see :class:`Method`).
-        dataset: map-style dataset indexed by :class:`~pnoc.data.base.SampleKey`.
-        optimizers: named optimizers (e.g. from ``build_sgd``); each gets a :class:`PolyLR` over
-            the whole run and its own GradScaler.
-        epochs: number of epochs.
-        batch_size: samples per micro-batch. An epoch has ``len(dataset) // batch_size``
-            micro-batches (the incomplete last batch is dropped); a dataset smaller than
-            ``batch_size`` gives one smaller batch per epoch.
-        seed: run seed; sample order and augmentation seeds derive from ``(seed, epoch)``.
-        checkpoint: where to save/resume; None disables both.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` or a ``torch.device``.
-        amp: fp16 autocast + GradScaler on CUDA; a logged no-op elsewhere.
-        grad_accum: micro-batches per optimizer step (effective batch = batch_size × grad_accum);
-            clamped (with a warning) to the micro-batches an epoch has.
-        poly_power: exponent of the poly LR.
-        num_workers, collate_fn: passed to the DataLoader.
-        callbacks: :class:`Callback` instances, called in order.
-        progress: show a tqdm bar (only when stderr is a terminal).
-        max_steps_per_epoch: cap on optimizer steps per epoch (smoke runs, tests).
-        channels_last: keep the modules' 4-D weights and the batches' 4-D floating tensors
-            (images) in the channels-last memory format. Convolutions of a ResNet run faster so
-            on recent CPUs (oneDNN) and on CUDA with AMP; depthwise or dilated networks may not:
-            measure (``benchmarks/bench_cam_step.py --channels-last``). The results are the same
-            up to float rounding.
+        data: the dataset, batches and epochs (:class:`TrainData`).
+        optimizers: named optimizers (e.g. from ``build_sgd``); each gets a :class:`PolyLR`
+            (power 0.9) over the whole run and its own GradScaler.
+        runtime: seed (sample order and augmentation seeds derive from ``(seed, epoch)``),
+            device, AMP (fp16 autocast + GradScaler on CUDA; a logged no-op elsewhere),
+            DataLoader workers, callbacks (called in order), progress bar (only when stderr is a
+            terminal), checkpoint (None: no saving, no resuming) and channels-last: the
+            modules' 4-D weights and the batches' 4-D floating tensors (images) in the
+            channels-last memory format. Convolutions of a ResNet run faster so on recent CPUs
+            (oneDNN) and on CUDA with AMP; depthwise or dilated networks may not: measure
+            (``benchmarks/bench_cam_step.py --channels-last``). The results are the same up to
+            float rounding. Default: ``Runtime()`` (seed 0, CPU).
 
-    Batches are moved to ``device`` (tensors inside dicts, lists, tuples and named tuples).
+    Batches are moved to the device (tensors inside dicts, lists, tuples and named tuples).
     On success the checkpoint file is deleted: the caller writes the final model.
 
     A resumed run continues with the data order, augmentation seeds, global RNG streams and
@@ -345,43 +71,11 @@ def fit(
     weights of an uninterrupted run; on CUDA, nondeterministic kernels may still make them
     differ slightly.
     """
-    return _Run(
-        method,
-        dataset,
-        optimizers=optimizers,
-        epochs=epochs,
-        batch_size=batch_size,
-        seed=seed,
-        checkpoint=checkpoint,
-        device=resolve_device(device),
-        amp=amp,
-        grad_accum=grad_accum,
-        poly_power=poly_power,
-        num_workers=num_workers,
-        collate_fn=collate_fn,
-        callbacks=list(callbacks),
-        progress=progress,
-        max_steps_per_epoch=max_steps_per_epoch,
-        channels_last=channels_last,
-    ).execute()
+    return _Run(method, data, optimizers, runtime or Runtime()).execute()
 
 
 # ---------------------------------------------------------------------------------------------
 # Implementation
-
-
-def _to_device(obj: Any, device: torch.device, channels_last: bool = False) -> Any:
-    if isinstance(obj, torch.Tensor):
-        if channels_last and obj.dim() == 4 and obj.is_floating_point():
-            return obj.to(device, non_blocking=True, memory_format=torch.channels_last)
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, Mapping):
-        return {k: _to_device(v, device, channels_last) for k, v in obj.items()}
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # named tuple
-        return type(obj)(*(_to_device(v, device, channels_last) for v in obj))
-    if isinstance(obj, list | tuple):
-        return type(obj)(_to_device(v, device, channels_last) for v in obj)
-    return obj
 
 
 @contextlib.contextmanager
@@ -401,51 +95,25 @@ class _Run:
     def __init__(
         self,
         method: Method,
-        dataset: Any,
-        *,
+        data: TrainData,
         optimizers: Mapping[str, torch.optim.Optimizer],
-        epochs: int,
-        batch_size: int,
-        seed: int,
-        checkpoint: CheckpointConfig | None,
-        device: torch.device,
-        amp: bool,
-        grad_accum: int,
-        poly_power: float,
-        num_workers: int,
-        collate_fn: Callable[[list[Any]], Any] | None,
-        callbacks: list[Callback],
-        progress: bool,
-        max_steps_per_epoch: int | None,
-        channels_last: bool = False,
+        runtime: Runtime,
     ) -> None:
-        if epochs < 0:
-            raise ConfigError(f"epochs must be >= 0, got {epochs}")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        if grad_accum < 1:
-            raise ConfigError(f"grad_accum must be >= 1, got {grad_accum}")
-        if max_steps_per_epoch is not None and max_steps_per_epoch < 1:
-            raise ConfigError(f"max_steps_per_epoch must be >= 1, got {max_steps_per_epoch}")
+        dataset, epochs, batch_size = data.dataset, data.epochs, data.batch_size
+        grad_accum, max_steps_per_epoch = data.grad_accum, data.max_steps_per_epoch
+        seed, checkpoint, device = runtime.seed, runtime.checkpoint, runtime.torch_device
         if not optimizers:
             raise ConfigError("fit() needs at least one optimizer")
         n = len(dataset)
         if n < 1:
             raise ConfigError("the training dataset is empty")
 
-        self.method = method
-        self.dataset = dataset
+        self.method, self.data, self.runtime = method, data, runtime
         self.optimizers = dict(optimizers)
-        self.epochs = epochs
-        self.seed = seed
-        self.checkpoint = checkpoint
-        self.device = device
-        self.num_workers = num_workers
-        self.collate_fn = collate_fn
-        self.callbacks = callbacks
-        self.progress = progress
+        self.epochs, self.seed, self.checkpoint, self.device = epochs, seed, checkpoint, device
+        self.callbacks = list(runtime.callbacks)
         self.modules = dict(method.modules())
-        self.channels_last = channels_last
+        self.channels_last = runtime.channels_last
 
         # Layout: micro-batches per epoch, then optimizer steps per epoch.
         self.batch_size = batch_size
@@ -481,13 +149,13 @@ class _Run:
         }
 
         global _amp_cpu_logged
-        self.amp = amp and device.type == "cuda"
-        if amp and not self.amp and not _amp_cpu_logged:
+        self.amp = runtime.amp and device.type == "cuda"
+        if runtime.amp and not self.amp and not _amp_cpu_logged:
             log.info("amp=True has no effect on %s: training in float32", device.type)
             _amp_cpu_logged = True
 
         self.schedulers = {
-            k: PolyLR(o, max(self.total_steps, 1), poly_power) for k, o in self.optimizers.items()
+            k: PolyLR(o, max(self.total_steps, 1)) for k, o in self.optimizers.items()
         }
         self.scalers = {k: torch.amp.GradScaler("cuda", enabled=self.amp) for k in self.optimizers}
         self.ctx = TrainContext(
@@ -550,15 +218,15 @@ class _Run:
         ctx = self.ctx
         ctx.epoch = self.epoch
         loader = make_loader(
-            self.dataset,
+            self.data.dataset,
             batch_size=self.batch_size,
             seed=self.seed,
             epoch=self.epoch,
             start_batch=self.batches_done,
             shuffle=True,
             drop_last=self.drop_last,
-            num_workers=self.num_workers,
-            collate_fn=self.collate_fn,
+            num_workers=self.runtime.num_workers,
+            collate_fn=self.data.collate_fn,
             pin_memory=self.device.type == "cuda",
         )
         batches = iter(loader)
@@ -568,7 +236,7 @@ class _Run:
             lrs = {f"lr/{k}": float(o.param_groups[0]["lr"]) for k, o in self.optimizers.items()}
             micro_metrics: list[dict[str, float]] = []
             for micro in range(self.grad_accum):
-                batch = _to_device(next(batches), self.device, self.channels_last)
+                batch = to_device(next(batches), self.device, self.channels_last)
                 ctx._begin_micro(micro)
                 out = self.method.train_step(batch, ctx)
                 micro_metrics.append({k: _scalar(v) for k, v in (out or {}).items()})
@@ -607,7 +275,7 @@ class _Run:
             self._save()
 
     def _progress_bar(self) -> Any:
-        if not self.progress or not sys.stderr.isatty():
+        if not self.runtime.progress or not sys.stderr.isatty():
             return None
         from tqdm.auto import tqdm
 

@@ -8,20 +8,21 @@ by :mod:`pnoc.refine.random_walk`.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pnoc.models.backbones import ModelSpec, backbone_head_groups, build_backbone, load_spec_model
+from pnoc.models.backbones import ModelSpec, build_backbone
+from pnoc.models.base import BackboneNet, resize_bilinear
 
 ARCH = "affinitynet"
 
 
-class AffinityNet(nn.Module):
-    """Backbone + two projections + a fusion conv -> (B, dim, ⌈H/4⌉, ⌈W/4⌉) embedding."""
+class AffinityNet(BackboneNet, arch=ARCH):
+    """Backbone + two projections + a fusion conv -> (B, dim, ⌈H/4⌉, ⌈W/4⌉) embedding.
+
+    :meth:`param_groups`: backbone at lr × 1, the projection and fusion heads at × 10 (biases
+    × 2). Checkpoints record the embedding width ``dim`` as ``num_classes``.
+    """
 
     def __init__(
         self,
@@ -44,31 +45,15 @@ class AffinityNet(nn.Module):
         self.dim = dim
 
     @property
-    def spec(self) -> ModelSpec:
-        return ModelSpec(
-            arch=ARCH,
-            backbone=self.backbone.name,
-            num_classes=self.dim,  # the embedding width plays the role of the output size
-            output_stride=self.backbone.output_stride,
-        )
+    def output_width(self) -> int:
+        return self.dim
 
     def forward(self, x: Tensor) -> Tensor:
         feats = self.backbone(x)
         low = self.proj_low(feats["low"])
-        out = F.interpolate(
-            self.proj_out(feats["out"]), size=low.shape[-2:], mode="bilinear", align_corners=False
-        )
+        out = resize_bilinear(self.proj_out(feats["out"]), low.shape[-2:])
         return self.fuse(torch.cat([low, out], dim=1))
 
-    def param_groups(self) -> list[dict[str, Any]]:
-        """Backbone at lr × 1, the projection and fusion heads at × 10 (biases × 2)."""
-        return backbone_head_groups(self)
-
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, expected_backbone: str | None = None):
-        return load_spec_model(
-            path,
-            ARCH,
-            lambda s: cls(s.backbone, output_stride=s.output_stride, dim=s.num_classes),
-            expected_backbone=expected_backbone,
-        )
+    def from_spec(cls, spec: ModelSpec) -> AffinityNet:
+        return cls(spec.backbone, output_stride=spec.output_stride, dim=spec.num_classes)

@@ -340,42 +340,6 @@ def load_model_checkpoint(
     return dict(obj["state_dict"]), meta
 
 
-def backbone_head_groups(
-    model: nn.Module, lr_mult_head: float = 10.0, *, weight_decay: float | None = None
-) -> list[dict[str, Any]]:
-    """The authors' SGD parameter groups for a model with a ``backbone`` attribute.
-
-    Backbone weights: ``lr_mult`` 1; backbone biases: 2; head weights (every parameter outside
-    ``backbone.``): ``lr_mult_head``; head biases: 2 × ``lr_mult_head``. "Biases" are parameters
-    whose name ends in ``bias`` (conv and norm biases); they get ``weight_decay`` 0, the other
-    groups carry no ``weight_decay`` key (the optimizer's default applies) unless
-    ``weight_decay`` is given. Each group has a ``name`` for logging. Empty groups and frozen
-    parameters (``requires_grad=False``) are left out.
-    """
-    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {
-        (h, b): [] for h in (False, True) for b in (False, True)
-    }
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            buckets[(not name.startswith("backbone."), name.endswith("bias"))].append(param)
-    groups: list[dict[str, Any]] = []
-    for (head, bias), params in buckets.items():
-        if not params:
-            continue
-        mult = lr_mult_head if head else 1.0
-        group: dict[str, Any] = {
-            "name": f"{'head' if head else 'backbone'}_{'bias' if bias else 'weight'}",
-            "params": params,
-            "lr_mult": 2.0 * mult if bias else mult,
-        }
-        if bias:
-            group["weight_decay"] = 0.0
-        elif weight_decay is not None:
-            group["weight_decay"] = weight_decay
-        groups.append(group)
-    return groups
-
-
 def load_spec_model(
     path: str | Path,
     arch: str,

@@ -7,18 +7,17 @@ features), so the maps are exactly the class evidence the classifier scores with
 from __future__ import annotations
 
 import copy
-from pathlib import Path
-from typing import Any
 
 from torch import Tensor, nn
 
 from pnoc.errors import ConfigError
-from pnoc.models.backbones import ModelSpec, backbone_head_groups, build_backbone, load_spec_model
+from pnoc.models.backbones import build_backbone
+from pnoc.models.base import BackboneNet
 
 ARCH = "camnet"
 
 
-class CAMNet(nn.Module):
+class CAMNet(BackboneNet, arch=ARCH):
     """CAM network.
 
     Args:
@@ -48,15 +47,6 @@ class CAMNet(nn.Module):
         nn.init.kaiming_normal_(self.classifier.weight)
         self.num_classes = num_classes
 
-    @property
-    def spec(self) -> ModelSpec:
-        return ModelSpec(
-            arch=ARCH,
-            backbone=self.backbone.name,
-            num_classes=self.num_classes,
-            output_stride=self.backbone.output_stride,
-        )
-
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, 3, H, W) normalised image -> class maps (B, K, ⌈H/os⌉, ⌈W/os⌉), pre-ReLU."""
         return self.classifier(self.backbone(x)["out"])
@@ -70,30 +60,6 @@ class CAMNet(nn.Module):
         """x -> (logits (B, K), maps (B, K, h, w))."""
         maps = self(x)
         return self.logits(maps), maps
-
-    def param_groups(
-        self, lr_mult_head: float = 10.0, *, weight_decay: float | None = None
-    ) -> list[dict[str, Any]]:
-        """SGD parameter groups, the authors' way.
-
-        Backbone weights: ``lr_mult`` 1; backbone biases: 2; head weights: ``lr_mult_head``;
-        head biases: 2 × ``lr_mult_head`` (the head has no bias, so this group is usually absent).
-        "Biases" are parameters whose name ends in ``bias`` (conv and BatchNorm biases); they get
-        ``weight_decay`` 0, the other groups carry no ``weight_decay`` key (the optimizer's default
-        applies) unless ``weight_decay`` is given. Each group also has a ``name`` for logging.
-        Empty groups and frozen parameters (``requires_grad=False``) are left out.
-        """
-        return backbone_head_groups(self, lr_mult_head, weight_decay=weight_decay)
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, *, expected_backbone: str | None = None) -> CAMNet:
-        """Rebuild a CAMNet saved with :func:`pnoc.models.backbones.save_model` (on CPU)."""
-        return load_spec_model(
-            path,
-            ARCH,
-            lambda s: cls(s.backbone, s.num_classes, output_stride=s.output_stride),
-            expected_backbone=expected_backbone,
-        )
 
 
 def copy_camnet(model: CAMNet) -> CAMNet:

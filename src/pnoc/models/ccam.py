@@ -23,19 +23,17 @@ after training by comparing the saliency with the CAM hints
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pnoc.models.backbones import (
     ModelSpec,
-    backbone_head_groups,
     build_backbone,
     load_model_checkpoint,
     load_spec_model,
 )
+from pnoc.models.base import BackboneNet, resize_bilinear
 
 ARCH = "ccam"
 FEATURES = ("out", "low")
@@ -54,13 +52,16 @@ class Disentangler(nn.Module):
         return self.bn(self.conv(feats))
 
 
-class CCAMNet(nn.Module):
+class CCAMNet(BackboneNet, arch=ARCH):
     """CCAM saliency network.
 
     Args:
         backbone_name: ``resnet18|resnet34|resnet50|resnet101|efficientnet_lite0``.
         weights: backbone weights, see :func:`pnoc.models.backbones.build_backbone`.
         output_stride: 8, 16 or 32.
+
+    :meth:`param_groups` treats the disentangler as the head (its BatchNorm shift is the head
+    bias).
     """
 
     def __init__(
@@ -81,13 +82,8 @@ class CCAMNet(nn.Module):
         self.register_buffer("inverted", torch.tensor(False))
 
     @property
-    def spec(self) -> ModelSpec:
-        return ModelSpec(
-            arch=ARCH,
-            backbone=self.backbone.name,
-            num_classes=1,
-            output_stride=self.backbone.output_stride,
-        )
+    def output_width(self) -> int:
+        return 1
 
     @property
     def is_inverted(self) -> bool:
@@ -123,18 +119,8 @@ class CCAMNet(nn.Module):
         sal = torch.sigmoid(logits.float())
         out_size = tuple(x.shape[-2:]) if size is None else (int(size[0]), int(size[1]))
         if tuple(sal.shape[-2:]) != out_size:
-            sal = F.interpolate(sal, size=out_size, mode="bilinear", align_corners=False)
+            sal = resize_bilinear(sal, out_size)
         return torch.where(self.inverted, 1.0 - sal, sal)
-
-    def param_groups(
-        self, lr_mult_head: float = 10.0, *, weight_decay: float | None = None
-    ) -> list[dict[str, Any]]:
-        """SGD parameter groups as :meth:`CAMNet.param_groups` (the head is the disentangler).
-
-        Backbone weights ``lr_mult`` 1, backbone biases 2, head weights ``lr_mult_head``, head
-        biases (the BatchNorm shift) 2 × ``lr_mult_head``; biases get ``weight_decay`` 0.
-        """
-        return backbone_head_groups(self, lr_mult_head, weight_decay=weight_decay)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, expected_backbone: str | None = None) -> CCAMNet:

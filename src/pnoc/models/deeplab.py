@@ -8,15 +8,13 @@ Atrous rates are (6, 12, 18) at output stride 16 and doubled at 8.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pnoc.errors import ConfigError
-from pnoc.models.backbones import ModelSpec, backbone_head_groups, build_backbone, load_spec_model
+from pnoc.models.backbones import build_backbone
+from pnoc.models.base import BackboneNet, resize_bilinear
 
 ARCH = "deeplabv3plus"
 
@@ -48,10 +46,11 @@ class ASPP(nn.Module):
         return self.project(torch.cat(outs, dim=1))
 
 
-class DeepLabV3Plus(nn.Module):
+class DeepLabV3Plus(BackboneNet, arch=ARCH):
     """Segmentation network: (B, 3, H, W) normalised -> logits (B, num_classes, H, W).
 
-    ``num_classes`` counts background (VOC: 21).
+    ``num_classes`` counts background (VOC: 21). :meth:`param_groups`: backbone at lr × 1,
+    ASPP/decoder/classifier at × 10 (biases × 2).
     """
 
     def __init__(
@@ -81,35 +80,9 @@ class DeepLabV3Plus(nn.Module):
         self.classifier = nn.Conv2d(256, num_classes, 1)
         self.num_classes = num_classes
 
-    @property
-    def spec(self) -> ModelSpec:
-        return ModelSpec(
-            arch=ARCH,
-            backbone=self.backbone.name,
-            num_classes=self.num_classes,
-            output_stride=self.backbone.output_stride,
-        )
-
     def forward(self, x: Tensor) -> Tensor:
         feats = self.backbone(x)
         low = self.low_proj(feats["low"])
-        high = F.interpolate(
-            self.aspp(feats["out"]), size=low.shape[-2:], mode="bilinear", align_corners=False
-        )
+        high = resize_bilinear(self.aspp(feats["out"]), low.shape[-2:])
         logits = self.classifier(self.decoder(torch.cat([high, low], dim=1)))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        """Backbone at lr × 1, ASPP/decoder/classifier at × 10 (biases × 2)."""
-        return backbone_head_groups(self)
-
-    @classmethod
-    def from_checkpoint(
-        cls, path: str | Path, *, expected_backbone: str | None = None
-    ) -> DeepLabV3Plus:
-        return load_spec_model(
-            path,
-            ARCH,
-            lambda s: cls(s.backbone, s.num_classes, output_stride=s.output_stride),
-            expected_backbone=expected_backbone,
-        )
+        return resize_bilinear(logits, x.shape[-2:])

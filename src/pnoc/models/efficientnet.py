@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from pnoc.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from pnoc.data.base import IMAGENET_MEAN, IMAGENET_STD
 from pnoc.errors import ConfigError, PnocError
 from pnoc.models.freezing import StageFreezing
 

@@ -13,17 +13,12 @@ no pair in the batch contributes 0. Each unordered pair is counted once (half th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pnoc.config import AffinityParams
-from pnoc.data.transforms import segmentation_train_transform
-from pnoc.data.voc import SegmentationSet, collate
-from pnoc.engine import CheckpointConfig, FitResult, build_sgd, fit
 from pnoc.models.affinity import AffinityNet
 from pnoc.refine.random_walk import neighbour_offsets
 
@@ -110,45 +105,3 @@ class AffinityMethod:
             **{k: float(v.detach()) for k, v in terms.items()},
             "pairs": float(pairs),
         }
-
-
-def train_affinity(
-    cfg: AffinityParams,
-    dataset,
-    label_dir: str | Path,
-    *,
-    image_size: int,
-    seed: int,
-    device: str = "cpu",
-    amp: bool = False,
-    num_workers: int = 0,
-    checkpoint: CheckpointConfig | None = None,
-    callbacks: Sequence[Any] = (),
-    progress: bool = True,
-) -> tuple[AffinityNet, FitResult]:
-    """Train AffinityNet on ``<label_dir>/<id>.png`` affinity labels of ``dataset``'s images."""
-    transform = segmentation_train_transform(image_size, tuple(cfg.scale_range))
-    train_set = SegmentationSet(dataset, transform, mask_dir=label_dir)
-    model = AffinityNet(cfg.backbone, weights=cfg.weights, output_stride=cfg.output_stride)
-    method = AffinityMethod(model, cfg.radius)
-    optimizer = build_sgd(
-        model.param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay, nesterov=True
-    )
-    result = fit(
-        method,
-        train_set,
-        optimizers={"affinity": optimizer},
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        seed=seed,
-        checkpoint=checkpoint,
-        device=device,
-        amp=amp,
-        num_workers=num_workers,
-        collate_fn=collate,
-        callbacks=callbacks,
-        progress=progress,
-        max_steps_per_epoch=cfg.max_steps_per_epoch,
-    )
-    model.eval()
-    return model, result

@@ -1,8 +1,8 @@
 """C²AM-H: class-agnostic saliency (CCAM) trained with CAM hints (P-NOC, arXiv 2305.12522).
 
 - :mod:`pnoc.saliency.losses`: CCAM's contrastive terms and the hint term;
-- :mod:`pnoc.saliency.training`: the engine Method, the image + hint dataset, the orientation
-  fix and the training recipe;
+- :mod:`pnoc.saliency.training`: the engine Method, the image + hint dataset and the orientation
+  fix (the training recipe is the ``train_saliency`` step, :mod:`pnoc.steps.train_saliency`);
 - :mod:`pnoc.saliency.inference`: prediction, PNG storage, evaluation counts and overlays.
 
 The network is :class:`pnoc.models.ccam.CCAMNet`.
@@ -22,16 +22,13 @@ from pnoc.saliency.training import (
     C2AMH,
     HintSet,
     OrientationCheck,
-    TrainedCCAM,
     fix_orientation,
-    train_c2amh,
 )
 
 __all__ = [
     "C2AMH",
     "HintSet",
     "OrientationCheck",
-    "TrainedCCAM",
     "ccam_loss",
     "fix_orientation",
     "hint_loss",
@@ -45,5 +42,4 @@ __all__ = [
     "save_saliency_png",
     "sim_max_loss",
     "sim_min_loss",
-    "train_c2amh",
 ]

@@ -11,7 +11,7 @@ read back as 0 (below any δ_fg, so padding is never supervised). The quantisati
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,9 @@ from torch import Tensor
 
 from pnoc.cam.export import cam_path
 from pnoc.cam.inference import load_cam_npz
-from pnoc.config import SaliencyParams
 from pnoc.data.base import SampleKey
-from pnoc.data.transforms import classification_train_transform, eval_transform, to_tensor_image
-from pnoc.data.voc import collate
-from pnoc.engine import CheckpointConfig, FitResult, TrainContext, build_sgd, fit
+from pnoc.data.transforms import eval_transform, to_tensor_image
+from pnoc.engine import TrainContext
 from pnoc.errors import ConfigError
 from pnoc.models.ccam import CCAMNet
 from pnoc.saliency.inference import orientation_means, predict_saliency
@@ -34,6 +32,8 @@ from pnoc.saliency.losses import ccam_loss, hint_loss, hint_map
 
 log = logging.getLogger(__name__)
 
+#: ε of the hint target 1 − ε/2 (CCAM's smoothed foreground target).
+HINT_SMOOTHING = 0.1
 HINT_LEVELS = 254  # hint h is carried as round(254·h); 255 = padding (no hint)
 PAD_VALUE = 255
 
@@ -62,7 +62,7 @@ class C2AMH:
         alpha: float = 0.25,
         delta_fg: float = 0.4,
         lambda_h: float = 1.0,
-        smoothing: float = 0.1,
+        smoothing: float = HINT_SMOOTHING,
         delta_bg: float | None = None,
     ) -> None:
         if lambda_h < 0:
@@ -251,89 +251,11 @@ def fix_orientation(
     return OrientationCheck(model.is_inverted, flipped, fg, bg, len(indices))
 
 
-# --------------------------------------------------------------------------------------------
-# Recipe
-
-
-@dataclass
-class TrainedCCAM:
-    model: CCAMNet
-    result: FitResult
-    orientation: OrientationCheck
-
-
-def train_c2amh(
-    cfg: SaliencyParams,
-    dataset: Any,
-    cam_dir: str | Path,
-    *,
-    image_size: int,
-    seed: int,
-    smoothing: float = 0.1,
-    device: str = "cpu",
-    amp: bool = False,
-    num_workers: int = 0,
-    checkpoint: CheckpointConfig | None = None,
-    callbacks: Sequence[Any] = (),
-    progress: bool = True,
-    orientation_images: int = 64,
-) -> TrainedCCAM:
-    """Train C²AM-H on ``dataset`` (a reader of the training split) with hints from ``cam_dir``.
-
-    Augmentation: the CAM classifiers' pipeline (random resize of the long side to
-    ``scale_range × image_size``, flip, colour jitter, ``image_size`` crop), applied jointly to
-    image and hint. SGD (Nesterov, the 1/2/10/20 parameter groups, poly LR) through the engine.
-    Afterwards the orientation is fixed on up to ``orientation_images`` un-augmented training
-    images (:func:`fix_orientation`) and the model is returned in eval mode.
-    """
-    transform = classification_train_transform(image_size, None, scale_range=tuple(cfg.scale_range))
-    train_set = HintSet(dataset, cam_dir, transform)
-    model = CCAMNet(
-        cfg.backbone, weights=cfg.weights, output_stride=cfg.output_stride, features=cfg.features
-    )
-    method = C2AMH(
-        model,
-        alpha=cfg.alpha,
-        delta_fg=cfg.delta_fg,
-        delta_bg=cfg.delta_bg,
-        lambda_h=cfg.lambda_h,
-        smoothing=smoothing,
-    )
-    optimizers = {
-        "ccam": build_sgd(
-            model.param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay, nesterov=True
-        )
-    }
-    result = fit(
-        method,
-        train_set,
-        optimizers=optimizers,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        seed=seed,
-        checkpoint=checkpoint,
-        device=device,
-        amp=amp,
-        num_workers=num_workers,
-        collate_fn=collate,
-        callbacks=callbacks,
-        progress=progress,
-        max_steps_per_epoch=cfg.max_steps_per_epoch,
-    )
-    model.eval()
-    check = fix_orientation(
-        model, HintSet(dataset, cam_dir), delta_fg=cfg.delta_fg, max_images=orientation_images
-    )
-    return TrainedCCAM(model=model, result=result, orientation=check)
-
-
 __all__ = [
     "C2AMH",
     "HintSet",
     "OrientationCheck",
-    "TrainedCCAM",
     "dequantise_hint",
     "fix_orientation",
     "quantise_hint",
-    "train_c2amh",
 ]

@@ -1,8 +1,9 @@
 """Sweep objectives: train with a trial's typed params, report metrics after every epoch.
 
-Both objectives run the library's own recipes (:func:`~pnoc.saliency.training.train_c2amh`,
-:func:`~pnoc.cam.training.train_cam_classifier`) with an epoch-end callback that evaluates the
-network being trained and calls ``report(metrics)``; a scheduler such as ASHA may then stop the
+Both objectives run the stages' own library calls (:mod:`pnoc.steps`: ``train_saliency``,
+``train_cam``; for evaluation ``saliency``, ``cams``, ``train_affinity`` and ``pseudo_masks``)
+with an epoch-end callback that evaluates the network being trained and calls
+``report(metrics)``; a scheduler such as ASHA may then stop the
 trial between epochs. The callback saves and restores every global RNG (and the saliency's
 orientation flag) around its work, so evaluating does not change what the trial trains.
 
@@ -19,8 +20,8 @@ report pseudo-mask quality on train):
   at a fraction of the cost. It ignores the affinity thresholds; the affinity-label metrics
   (``affinity_label_miou``, ``affinity_precision``, ``affinity_confident_share``) use them.
 * ``pseudo_masks`` (the real target, slow) also trains AffinityNet on the trial's affinity
-  labels and walks the CAMs after every epoch, as the ``train_affinity`` and ``pseudo_masks``
-  stages do, and reports ``pseudo_mask_miou``.
+  labels and walks the CAMs after every epoch, through the ``train_affinity`` and
+  ``pseudo_masks`` stages' library calls, and reports ``pseudo_mask_miou``.
 
 Adversarial sweep — ``cam_miou``: after every epoch the generator's CAMs of
 ``cams.eval_split`` are computed at scale 1.0 only (with ``cams.flip``; the stage's 4-scale
@@ -38,32 +39,32 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from pnoc.cam.export import cam_path, evaluate_cams, export_cams
-from pnoc.cam.inference import load_cam_npz
-from pnoc.cam.training import train_cam_classifier
+from pnoc.cam.export import cam_path
 from pnoc.config import Params
 from pnoc.data.factory import open_dataset
-from pnoc.data.transforms import eval_transform
-from pnoc.data.voc import write_mask_png
-from pnoc.engine import rng_state, set_rng_state
+from pnoc.engine import Runtime, rng_state, set_rng_state
 from pnoc.errors import DatasetError, PnocError
-from pnoc.metrics import ConfusionMatrix, iou_from_confusion
 from pnoc.models.cam import CAMNet
 from pnoc.models.ccam import CCAMNet
-from pnoc.refine.affinity import train_affinity
-from pnoc.refine.affinity_labels import IGNORE, make_affinity_labels
-from pnoc.refine.pseudo_masks import cam_fallback_mask, saliency_gate, walk_pseudo_mask
-from pnoc.saliency.inference import predict_saliency, saliency_confusion
-from pnoc.saliency.training import HintSet, fix_orientation, train_c2amh
+from pnoc.saliency.training import HintSet, fix_orientation
+from pnoc.steps import cams, saliency, train_cam, train_saliency
 from pnoc.tune.settings import CAM_METRICS, PROXY_METRICS
+from pnoc.tune.trial_metrics import proxy_metrics, pseudo_mask_miou
 
 log = logging.getLogger(__name__)
 
 Report = Callable[[dict[str, float]], None]
+
+
+def trial_runtime(params: Params, device: str, **changes: Any) -> Runtime:
+    """A sweep trial's run settings: ``base`` of its params on ``device``, no progress bars."""
+    b = params.base
+    return Runtime(
+        seed=b.seed, device=device, amp=b.amp, num_workers=b.num_workers, progress=False
+    ).replace(**changes)
 
 
 class ModuleTap(AbstractContextManager["ModuleTap"]):
@@ -131,142 +132,6 @@ def check_cams(dataset: Any, cam_dir: str | Path) -> None:
 # Saliency sweep
 
 
-def saliency_maps(model: CCAMNet, dataset: Any, *, flip: bool) -> dict[str, np.ndarray]:
-    """(H, W) float32 saliency per image id, quantised to 8 bits as the saliency stage stores it."""
-    transform = eval_transform()
-    device = next(model.parameters()).device
-    out = {}
-    for image_id in dataset.ids:
-        x, _ = transform(dataset.load_image(image_id), None, np.random.default_rng(0))
-        sal = predict_saliency(model, torch.as_tensor(x).to(device), flip=flip)
-        out[image_id] = (np.rint(sal * 255.0) / 255.0).astype(np.float32)
-    return out
-
-
-def cam_saliency_mask(cams: np.ndarray, classes: np.ndarray, sal: np.ndarray, threshold: float):
-    """The proxy pseudo-mask: CAM argmax where saliency ≥ ``threshold``, background elsewhere."""
-    mask = np.zeros(sal.shape, dtype=np.uint8)
-    if len(classes):
-        lut = np.asarray(classes, dtype=np.uint8)
-        fg = sal >= threshold
-        mask[fg] = lut[np.asarray(cams, dtype=np.float32).argmax(axis=0)][fg]
-    return mask
-
-
-def proxy_metrics(
-    dataset: Any, cam_dir: str | Path, saliency: Mapping[str, np.ndarray], params: Params
-) -> dict[str, float]:
-    """:data:`PROXY_METRICS` of saliency maps (by image id) with the CAMs of ``cam_dir``."""
-    n = len(dataset.class_names)
-    proxy, labels_cm = ConfusionMatrix(n), ConfusionMatrix(n)
-    sal_counts = np.zeros((2, 2), dtype=np.int64)
-    confident = correct = total = 0
-    for image_id in dataset.ids:
-        gt = dataset.load_mask(image_id)
-        if gt is None:
-            raise DatasetError(dataset.mask_path(image_id), "no ground truth to score the sweep")
-        cams, classes = load_cam_npz(cam_path(cam_dir, image_id))
-        sal = saliency[image_id]
-        proxy.update(cam_saliency_mask(cams, classes, sal, params.saliency.threshold), gt)
-        sal_counts += saliency_confusion(sal, gt, params.saliency.threshold)
-        labels = make_affinity_labels(
-            cams,
-            classes,
-            sal,
-            fg_threshold=params.affinity.fg_threshold,
-            bg_threshold=params.affinity.bg_threshold,
-            fg_saliency=params.affinity.fg_saliency,
-        )
-        known = (labels != IGNORE) & (gt != IGNORE)
-        labels_cm.update(labels[known], gt[known])
-        confident += int((labels != IGNORE).sum())
-        correct += int((labels[known] == gt[known]).sum())
-        total += labels.size
-    label_miou = labels_cm.miou() if labels_cm.matrix.sum() else 0.0
-    return {
-        "cam_saliency_miou": proxy.miou(),
-        "saliency_miou": float(np.nanmean(iou_from_confusion(sal_counts))),
-        "affinity_label_miou": float(label_miou),
-        "affinity_precision": correct / max(confident, 1),
-        "affinity_confident_share": confident / max(total, 1),
-    }
-
-
-def pseudo_mask_miou(
-    params: Params,
-    train: Any,
-    dataset: Any,
-    cam_dir: str | Path,
-    saliency: Mapping[str, np.ndarray],
-    *,
-    device: str,
-    work_dir: str | Path,
-) -> float:
-    """The full objective: AffinityNet on the affinity labels of ``train``, then the walk.
-
-    Mirrors the ``train_affinity`` and ``pseudo_masks`` stages (labels, training, walk,
-    background threshold, optional CRF, the saliency gate with ``background: saliency``, CAM
-    fallback for images without a confident pixel)
-    and returns the mIoU of the walked masks of ``dataset`` against its ground truth.
-    ``saliency`` must hold the maps of both datasets' images.
-    """
-    a = params.affinity
-    label_dir = Path(work_dir) / "affinity_labels"
-    label_dir.mkdir(parents=True, exist_ok=True)
-    confident: dict[str, bool] = {}
-    for ds in (train, dataset):
-        for image_id in ds.ids:
-            if image_id in confident:
-                continue
-            cams, classes = load_cam_npz(cam_path(cam_dir, image_id))
-            labels = make_affinity_labels(
-                cams,
-                classes,
-                saliency[image_id],
-                fg_threshold=a.fg_threshold,
-                bg_threshold=a.bg_threshold,
-                fg_saliency=a.fg_saliency,
-            )
-            confident[image_id] = bool((labels != IGNORE).any())
-            if ds is train:
-                write_mask_png(label_dir / f"{image_id}.png", labels)
-    model, _ = train_affinity(
-        a,
-        train,
-        label_dir,
-        image_size=params.data.image_size,
-        seed=params.base.seed,
-        device=device,
-        amp=params.base.amp,
-        progress=False,
-    )
-    model = model.to(device).eval()
-    cfg = params.pseudo_masks
-    cm = ConfusionMatrix(len(dataset.class_names))
-    for image_id in dataset.ids:
-        cams, classes = load_cam_npz(cam_path(cam_dir, image_id))
-        sal = saliency[image_id] if cfg.background == "saliency" else None
-        if not confident[image_id]:
-            mask = saliency_gate(
-                cam_fallback_mask(cams, classes, cfg.bg_threshold), sal, params.saliency.threshold
-            )
-        else:
-            mask = walk_pseudo_mask(
-                model,
-                dataset.load_image(image_id),
-                cams,
-                classes,
-                cfg,
-                device=device,
-                saliency=sal,
-                saliency_threshold=params.saliency.threshold,
-            )
-        gt = dataset.load_mask(image_id)
-        if gt is not None:
-            cm.update(np.where(mask == IGNORE, 0, mask), gt)
-    return cm.miou()
-
-
 class _SaliencyProbe:
     """Epoch-end callback of the saliency sweep (see the module docstring)."""
 
@@ -279,12 +144,12 @@ class _SaliencyProbe:
         cam_dir: Path,
         *,
         objective: str,
-        device: str,
+        runtime: Runtime,
         report: Report,
         orientation_images: int,
     ) -> None:
         self.tap, self.params, self.train, self.dataset = tap, params, train, dataset
-        self.cam_dir, self.objective, self.device = cam_dir, objective, device
+        self.cam_dir, self.objective, self.runtime = cam_dir, objective, runtime
         self.report, self.orientation_images = report, orientation_images
         self.last: dict[str, float] = {}
 
@@ -298,30 +163,40 @@ class _SaliencyProbe:
         model = self.tap.get()
         assert isinstance(model, CCAMNet)
         s = self.params.saliency
+        datasets = {self.dataset.split: self.dataset}
+        if self.objective == "pseudo_masks":
+            datasets.setdefault(self.train.split, self.train)
         rng = rng_state()
         inverted = model.is_inverted
         try:
-            # Orientation as train_c2amh fixes it after training; restored below.
+            # Orientation as the train_saliency step fixes it after training; restored below.
             fix_orientation(
                 model,
                 HintSet(self.train, self.cam_dir),
                 delta_fg=s.delta_fg,
                 max_images=self.orientation_images,
             )
-            sal = saliency_maps(model, self.dataset, flip=s.flip)
-            if self.objective == "pseudo_masks" and not set(self.train.ids) <= set(sal):
-                sal |= saliency_maps(model, self.train, flip=s.flip)
-            out = _epoch_metrics(ctx.epoch + 1, metrics)
-            out.update(proxy_metrics(self.dataset, self.cam_dir, sal, self.params))
-            if self.objective == "pseudo_masks":
-                with tempfile.TemporaryDirectory(prefix="pnoc-sweep-") as work:
+            with tempfile.TemporaryDirectory(prefix="pnoc-sweep-") as work:
+                saliency_dir = Path(work) / "saliency"
+                saliency.run(
+                    model,
+                    datasets,
+                    saliency_dir,
+                    self.runtime,
+                    threshold=s.threshold,
+                    flip=s.flip,
+                    eval_split=self.dataset.split,
+                )
+                out = _epoch_metrics(ctx.epoch + 1, metrics)
+                out.update(proxy_metrics(self.dataset, self.cam_dir, saliency_dir, self.params))
+                if self.objective == "pseudo_masks":
                     out["pseudo_mask_miou"] = pseudo_mask_miou(
                         self.params,
                         self.train,
                         self.dataset,
                         self.cam_dir,
-                        sal,
-                        device=self.device,
+                        saliency_dir,
+                        self.runtime,
                         work_dir=work,
                     )
         finally:
@@ -338,7 +213,6 @@ def saliency_objective(
     report: Report,
     objective: str = "proxy",
     device: str = "cpu",
-    progress: bool = False,
     orientation_images: int = 64,
 ) -> dict[str, float]:
     """Train C²AM-H with ``params`` on the CAMs of ``cam_dir``; ``report`` after every epoch.
@@ -353,7 +227,6 @@ def saliency_objective(
     dataset = open_dataset(params.data, params.pseudo_masks.split)
     check_cams(train, cam_dir)
     check_cams(dataset, cam_dir)
-    s = params.saliency
     tap = ModuleTap(CCAMNet)
     probe = _SaliencyProbe(
         tap,
@@ -362,22 +235,17 @@ def saliency_objective(
         dataset,
         cam_dir,
         objective=objective,
-        device=device,
+        runtime=trial_runtime(params, device),
         report=report,
         orientation_images=orientation_images,
     )
     with tap:
-        train_c2amh(
-            s,
+        train_saliency.run(
+            params.saliency,
             train,
             cam_dir,
+            trial_runtime(params, device, callbacks=[probe]),
             image_size=params.data.image_size,
-            seed=params.base.seed,
-            device=device,
-            amp=params.base.amp,
-            num_workers=params.base.num_workers,
-            callbacks=[probe],
-            progress=progress,
             orientation_images=orientation_images,
         )
     return probe.last
@@ -388,21 +256,21 @@ def saliency_objective(
 
 
 class _CamProbe:
-    """Epoch-end callback of the adversarial sweep: scale-1.0 CAMs of the eval split, scored."""
+    """Epoch-end callback of the adversarial sweep: CAMs of the eval split at ``scales``,
+    scored at their best background threshold (the ``cams`` stage's library call)."""
 
     def __init__(
         self,
         tap: ModuleTap,
+        params: Params,
         dataset: Any,
-        thresholds: Sequence[float],
         *,
         scales: Sequence[float],
-        flip: bool,
-        device: str,
+        runtime: Runtime,
         report: Report,
     ) -> None:
-        self.tap, self.dataset, self.thresholds = tap, dataset, thresholds
-        self.scales, self.flip, self.device, self.report = scales, flip, device, report
+        self.tap, self.params, self.dataset = tap, params, dataset
+        self.scales, self.runtime, self.report = scales, runtime, report
         self.last: dict[str, float] = {}
 
     def on_step_end(self, ctx: Any, metrics: Mapping[str, float]) -> None:
@@ -413,19 +281,19 @@ class _CamProbe:
 
     def on_epoch_end(self, ctx: Any, metrics: Mapping[str, float]) -> None:
         model = self.tap.get()
+        assert isinstance(model, CAMNet)
         rng = rng_state()
         try:
             with tempfile.TemporaryDirectory(prefix="pnoc-sweep-cams-") as cam_dir:
-                export_cams(
-                    model,  # type: ignore[arg-type]
-                    self.dataset,
+                sweep = cams.run(
+                    model,
+                    {self.dataset.split: self.dataset},
                     cam_dir,
+                    self.runtime,
                     scales=self.scales,
-                    flip=self.flip,
-                    device=self.device,
-                    progress=False,
-                )
-                sweep = evaluate_cams(self.dataset, cam_dir, self.thresholds)
+                    flip=self.params.cams.flip,
+                    thresholds=self.params.cams.thresholds.values(),
+                )[self.dataset.split]
         finally:
             set_rng_state(rng)
         out = _epoch_metrics(ctx.epoch + 1, metrics)
@@ -440,7 +308,6 @@ def adversarial_objective(
     *,
     report: Report,
     device: str = "cpu",
-    progress: bool = False,
     scales: Sequence[float] = (1.0,),
 ) -> dict[str, float]:
     """Train the CAM generator (``params.cam``) from the ordinary classifier ``oc``.
@@ -453,26 +320,15 @@ def adversarial_objective(
     evaluation = open_dataset(params.data, params.cams.eval_split)
     tap = ModuleTap(CAMNet)
     probe = _CamProbe(
-        tap,
-        evaluation,
-        params.cams.thresholds.values(),
-        scales=scales,
-        flip=params.cams.flip,
-        device=device,
-        report=report,
+        tap, params, evaluation, scales=scales, runtime=trial_runtime(params, device), report=report
     )
     with tap:
-        train_cam_classifier(
+        train_cam.run(
             params.cam,
             train,
+            trial_runtime(params, device, callbacks=[probe]),
             image_size=params.data.image_size,
-            seed=params.base.seed,
             oc=oc,
-            device=device,
-            amp=params.base.amp,
-            num_workers=params.base.num_workers,
-            callbacks=[probe],
-            progress=progress,
         )
     return probe.last
 
@@ -482,10 +338,6 @@ __all__ = [
     "PROXY_METRICS",
     "ModuleTap",
     "adversarial_objective",
-    "cam_saliency_mask",
     "check_cams",
-    "proxy_metrics",
-    "pseudo_mask_miou",
-    "saliency_maps",
     "saliency_objective",
 ]

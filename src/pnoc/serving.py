@@ -1,4 +1,4 @@
-"""Model-registry logic without MLflow: the champion policy, request payloads, the segmenter.
+"""Serving logic without MLflow: the champion policy, request payloads, the segmenter.
 
 - :func:`decide`: whether a newly registered model replaces the champion.
 - :func:`decode_image_bytes`, :func:`as_image_array`, :func:`decode_image`: turn one request

@@ -1,4 +1,4 @@
-"""The pure registry logic: champion policy, payload decoding/validation, the segmenter."""
+"""The serving logic without MLflow: champion policy, payload decoding/validation, the segmenter."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pnoc import registry
+from pnoc import serving
 from pnoc.errors import PnocError
-from pnoc.registry import (
+from pnoc.serving import (
     PayloadError,
     Segmenter,
     as_image_array,
@@ -124,7 +124,7 @@ def test_declared_size_over_the_limit_is_refused_before_decoding(size):
 
 
 def test_byte_limit(rgb, monkeypatch):
-    monkeypatch.setattr(registry, "MAX_BYTES", 50)
+    monkeypatch.setattr(serving, "MAX_BYTES", 50)
     with pytest.raises(PayloadError, match="limit of 50"):
         decode_image_bytes(_encode(rgb))
     with pytest.raises(PayloadError, match="limit of 50"):
@@ -159,7 +159,7 @@ def test_bad_arrays_are_named(value, message):
 
 
 def test_pixel_limit_on_arrays(monkeypatch):
-    monkeypatch.setattr(registry, "MAX_PIXELS", 10)
+    monkeypatch.setattr(serving, "MAX_PIXELS", 10)
     with pytest.raises(PayloadError, match="4×4 pixels, more than the limit of 10"):
         as_image_array(np.zeros((4, 4, 3), np.uint8))
 
@@ -173,10 +173,10 @@ def test_decode_image_dispatches(rgb):
 
 def test_batch_limits(monkeypatch):
     with pytest.raises(PayloadError, match="no images"):
-        registry.check_batch_size(0)
-    monkeypatch.setattr(registry, "MAX_IMAGES", 2)
+        serving.check_batch_size(0)
+    monkeypatch.setattr(serving, "MAX_IMAGES", 2)
     with pytest.raises(PayloadError, match="3 images in one request; the limit is 2"):
-        registry.check_batch_size(3)
+        serving.check_batch_size(3)
 
 
 # -- segmenter ---------------------------------------------------------------------------
