@@ -26,10 +26,8 @@ from pnoc.engine import Runtime, resolve_device
 from pnoc.errors import ConfigError
 from pnoc.io import write_json
 from pnoc.steps import cams, train_cam
-from pnoc_pipelines import tracking
+from pnoc_pipelines import paths, tracking
 from pnoc_pipelines.common import load_params
-
-REPORT = Path("reports/ablation_cams.json")
 
 
 def runtime_of(params: Params, seed: int) -> Runtime:
@@ -61,7 +59,7 @@ def ablate_cams(
     params: Params,
     methods: list[str],
     seeds: list[int],
-    report_path: Path = REPORT,
+    report_path: Path = paths.ABLATION_REPORT,
     overrides: dict[str, Any] | None = None,
 ) -> dict:
     unknown = [m for m in methods if m not in METHODS]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
 
 import mlflow
 
@@ -17,22 +16,17 @@ from pnoc.cam.inference import cam_overlay_grid, load_cam_model, load_cam_npz
 from pnoc.data.factory import open_dataset
 from pnoc.io import atomic_path, write_json, write_text
 from pnoc.steps import cams
+from pnoc_pipelines import paths
 from pnoc_pipelines.common import main, stage
-
-MODEL = Path("models/cam.pt")
-OUT = Path("outputs/cams")
-METRICS = Path("metrics/cams.json")
-CURVE = Path("plots/cams_threshold.csv")
-GRID = Path("plots/cams_overlay.png")
 
 
 def run() -> None:
     with stage("cams") as ctx:
         p = ctx.params
         runtime = ctx.runtime()
-        model = load_cam_model(MODEL, runtime.torch_device)
+        model = load_cam_model(paths.CAM_MODEL, runtime.torch_device)
         datasets = {split: open_dataset(p.data, split) for split in p.cams.splits}
-        with atomic_path(OUT) as tmp:
+        with atomic_path(paths.CAMS) as tmp:
             sweeps = cams.run(
                 model,
                 datasets,
@@ -53,22 +47,22 @@ def run() -> None:
             rows += [{"split": split, **r} for r in sweep.to_rows()]
         report["miou"] = report[p.cams.eval_split]["miou"]
         report["best_threshold"] = report[p.cams.eval_split]["best_threshold"]
-        write_json(METRICS, report)
+        write_json(paths.CAMS_METRICS, report)
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=["split", "threshold", "miou"])
         writer.writeheader()
         writer.writerows(rows)
-        write_text(CURVE, buf.getvalue())
+        write_text(paths.CAMS_CURVE, buf.getvalue())
 
         shown = datasets[p.cams.eval_split]
         images, maps, classes = [], [], []
         for image_id in shown.ids[:6]:
-            record, cls = load_cam_npz(OUT / f"{image_id}.npz")
+            record, cls = load_cam_npz(paths.CAMS / f"{image_id}.npz")
             images.append(shown.load_image(image_id))
             maps.append(record.astype("float32"))
             classes.append(cls)
-        cam_overlay_grid(images, maps, classes, shown.class_names, GRID)
-        for artifact in (METRICS, CURVE, GRID):
+        cam_overlay_grid(images, maps, classes, shown.class_names, paths.CAMS_PLOT)
+        for artifact in (paths.CAMS_METRICS, paths.CAMS_CURVE, paths.CAMS_PLOT):
             mlflow.log_artifact(str(artifact))
         print(f"CAM mIoU ({p.cams.eval_split}): {report.get('miou')}")
 

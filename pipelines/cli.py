@@ -54,11 +54,13 @@ def _fmt(value: object) -> str:
 
 def summary_table(root: Path = Path(".")) -> str:
     """The pipeline's headline figures: CAMs, saliency, pseudo-masks, DeepLab, registry."""
-    cams = _read_json(root / "metrics/cams.json")
-    sal = _read_json(root / "metrics/saliency.json")
-    pm = _read_json(root / "metrics/pseudo_masks.json")
-    seg = _read_json(root / "metrics/segmentation.json")
-    reg = _read_json(root / "reports/registry.json")
+    from pnoc_pipelines import paths
+
+    cams = _read_json(root / paths.CAMS_METRICS)
+    sal = _read_json(root / paths.SALIENCY_METRICS)
+    pm = _read_json(root / paths.PSEUDO_MASKS_METRICS)
+    seg = _read_json(root / paths.SEGMENTATION_METRICS)
+    reg = _read_json(root / paths.REGISTRY_REPORT)
     split = pm.get("split", "train")
     rows = [
         (

@@ -7,8 +7,6 @@ Outputs ``metrics/segmentation.json`` (mIoU, pixel accuracy, per-class IoU, conf
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlflow
 
 from pnoc.data.factory import open_dataset
@@ -16,12 +14,8 @@ from pnoc.io import write_json
 from pnoc.models.deeplab import DeepLabV3Plus
 from pnoc.steps import evaluate
 from pnoc.viz import confusion_png, mask_grid
+from pnoc_pipelines import paths
 from pnoc_pipelines.common import main, stage
-
-MODEL = Path("models/deeplab.pt")
-METRICS = Path("metrics/segmentation.json")
-CONFUSION = Path("plots/confusion.png")
-GRID = Path("plots/segmentation_overlay.png")
 
 
 def run() -> None:
@@ -30,7 +24,7 @@ def run() -> None:
         s = p.segmentation
         dataset = open_dataset(p.data, p.data.val_split)
         result = evaluate.run(
-            DeepLabV3Plus.from_checkpoint(MODEL),
+            DeepLabV3Plus.from_checkpoint(paths.DEEPLAB_MODEL),
             dataset,
             ctx.runtime(),
             scales=s.tta_scales,
@@ -44,19 +38,19 @@ def run() -> None:
             **cm.to_dict(dataset.class_names),
             "confusion": cm.matrix.tolist(),
         }
-        write_json(METRICS, report)
-        confusion_png(cm.matrix, dataset.class_names, CONFUSION)
+        write_json(paths.SEGMENTATION_METRICS, report)
+        confusion_png(cm.matrix, dataset.class_names, paths.CONFUSION_PLOT)
         mask_grid(
             [r[0] for r in result.shown],
             [r[1] for r in result.shown],
             ["ground truth", "prediction"],
-            GRID,
+            paths.SEGMENTATION_PLOT,
         )
         mlflow.log_metrics(
             {"val.miou": report["miou"] or 0.0, "val.pixel_acc": report["pixel_acc"] or 0.0}
             | {f"val.iou.{k}": v for k, v in report["iou"].items() if v is not None}
         )
-        for artifact in (METRICS, CONFUSION, GRID):
+        for artifact in (paths.SEGMENTATION_METRICS, paths.CONFUSION_PLOT, paths.SEGMENTATION_PLOT):
             mlflow.log_artifact(str(artifact))
         print(f"DeepLabV3+ val mIoU: {report['miou']}")
 

@@ -7,26 +7,24 @@ and writes ``metrics/dataset.json`` plus a sample grid with masks overlaid.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlflow
 
 from pnoc.io import write_json
 from pnoc.steps import prepare
 from pnoc.viz import sample_grid
+from pnoc_pipelines import paths
 from pnoc_pipelines.common import main, stage
-
-METRICS = Path("metrics/dataset.json")
-GRID = Path("plots/samples.png")
 
 
 def run() -> None:
     with stage("prepare") as ctx:
         data = ctx.params.data
         report, train = prepare.run(data)
-        write_json(METRICS, report)
-        sample_grid([train[i] for i in range(min(8, len(train)))], train.class_names, GRID)
-        mlflow.log_artifact(str(GRID))
+        write_json(paths.DATASET_METRICS, report)
+        sample_grid(
+            [train[i] for i in range(min(8, len(train)))], train.class_names, paths.SAMPLES_PLOT
+        )
+        mlflow.log_artifact(str(paths.SAMPLES_PLOT))
         mlflow.log_dict(report, "dataset.json")
         for split in (data.train_split, data.val_split):
             mlflow.log_metric(f"{split}.images", report[split]["images"])

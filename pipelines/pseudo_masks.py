@@ -11,7 +11,6 @@ overlay grid (image | ground truth | CAM argmax | pseudo-mask). With
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import mlflow
 
@@ -20,22 +19,14 @@ from pnoc.io import atomic_path, write_json
 from pnoc.models.affinity import AffinityNet
 from pnoc.steps import pseudo_masks
 from pnoc.viz import mask_grid
+from pnoc_pipelines import paths
 from pnoc_pipelines.common import main, stage
-
-CAMS = Path("outputs/cams")
-LABELS = Path("outputs/affinity_labels")
-SALIENCY = Path("outputs/saliency")
-MODEL = Path("models/affinity.pt")
-CAM_METRICS = Path("metrics/cams.json")
-OUT = Path("outputs/pseudo_masks")
-METRICS = Path("metrics/pseudo_masks.json")
-GRID = Path("plots/pseudo_masks_overlay.png")
 
 
 def cam_miou(split: str) -> float | None:
-    if not CAM_METRICS.exists():
+    if not paths.CAMS_METRICS.exists():
         return None
-    report = json.loads(CAM_METRICS.read_text())
+    report = json.loads(paths.CAMS_METRICS.read_text())
     return (report.get(split) or {}).get("miou")
 
 
@@ -44,29 +35,31 @@ def run() -> None:
         p = ctx.params
         cfg = p.pseudo_masks
         dataset = open_dataset(p.data, cfg.split)
-        model = AffinityNet.from_checkpoint(MODEL, expected_backbone=p.affinity.backbone)
-        with atomic_path(OUT) as tmp:
+        model = AffinityNet.from_checkpoint(
+            paths.AFFINITY_MODEL, expected_backbone=p.affinity.backbone
+        )
+        with atomic_path(paths.PSEUDO_MASKS) as tmp:
             result = pseudo_masks.run(
                 model,
                 dataset,
                 tmp,
                 ctx.runtime(),
                 cfg=cfg,
-                cam_dir=CAMS,
-                label_dir=LABELS,
-                saliency_dir=SALIENCY,
+                cam_dir=paths.CAMS,
+                label_dir=paths.AFFINITY_LABELS,
+                saliency_dir=paths.SALIENCY,
                 saliency_threshold=p.saliency.threshold,
             )
         cams_best = cam_miou(cfg.split)
         report = {"split": cfg.split, **result.report, "cam_best_miou": cams_best}
         if report["miou"] is not None and cams_best is not None:
             report["gain_over_cams"] = report["miou"] - cams_best
-        write_json(METRICS, report)
+        write_json(paths.PSEUDO_MASKS_METRICS, report)
         mask_grid(
             [s[0] for s in result.shown],
             [s[1] for s in result.shown],
             ["ground truth", "CAM", "pseudo-mask"],
-            GRID,
+            paths.PSEUDO_MASKS_PLOT,
         )
         logged = {
             f"{cfg.split}.miou": report["miou"],
@@ -76,7 +69,7 @@ def run() -> None:
             {k: float(v) for k, v in logged.items() if v is not None}
             | {"fallback_images": float(report["fallback_images"])}
         )
-        for artifact in (METRICS, GRID):
+        for artifact in (paths.PSEUDO_MASKS_METRICS, paths.PSEUDO_MASKS_PLOT):
             mlflow.log_artifact(str(artifact))
         print(
             f"pseudo-mask mIoU ({cfg.split}): {report['miou']} "

@@ -18,11 +18,8 @@ from mlflow.tracking import MlflowClient
 
 from pnoc.errors import PnocError
 from pnoc.io import write_json
+from pnoc_pipelines import paths
 from pnoc_pipelines.common import main, stage
-
-CHECKPOINT = Path("models/deeplab.pt")
-METRICS = Path("metrics/segmentation.json")
-REPORT = Path("reports/registry.json")
 
 
 def read_metric(path: Path, key: str) -> float | None:
@@ -82,11 +79,11 @@ def run() -> None:
     with stage("register") as ctx:
         p = ctx.params.register
         seg = ctx.params.segmentation
-        value = read_metric(METRICS, p.metric)
+        value = read_metric(paths.SEGMENTATION_METRICS, p.metric)
         run_id = mlflow.active_run().info.run_id
         if value is not None and math.isfinite(value):
             mlflow.log_metric(p.metric, value)
-        info = log_segmenter(CHECKPOINT, scales=seg.tta_scales, flip=seg.tta_flip)
+        info = log_segmenter(paths.DEEPLAB_MODEL, scales=seg.tta_scales, flip=seg.tta_flip)
         record = register(
             info.model_uri,
             p.model_name,
@@ -97,7 +94,7 @@ def run() -> None:
         mlflow.set_tags(
             {"pnoc.registered_version": str(record["version"]), "pnoc.promoted": record["promoted"]}
         )
-        write_json(REPORT, record)
+        write_json(paths.REGISTRY_REPORT, record)
         print(format_decision(record))
 
 

@@ -9,8 +9,6 @@ and an overlay grid.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlflow
 
 from pnoc.data.factory import open_dataset
@@ -18,21 +16,17 @@ from pnoc.io import atomic_path, write_json
 from pnoc.models.ccam import CCAMNet
 from pnoc.saliency.inference import saliency_overlay_grid
 from pnoc.steps import saliency
+from pnoc_pipelines import paths
 from pnoc_pipelines.common import main, stage
-
-MODEL = Path("models/ccam.pt")
-OUT = Path("outputs/saliency")
-METRICS = Path("metrics/saliency.json")
-GRID = Path("plots/saliency_overlay.png")
 
 
 def run() -> None:
     with stage("saliency") as ctx:
         p = ctx.params
         datasets = {split: open_dataset(p.data, split) for split in p.cams.splits}
-        with atomic_path(OUT) as tmp:
+        with atomic_path(paths.SALIENCY) as tmp:
             result = saliency.run(
-                CCAMNet.from_checkpoint(MODEL),
+                CCAMNet.from_checkpoint(paths.CCAM_MODEL),
                 datasets,
                 tmp,
                 ctx.runtime(),
@@ -41,8 +35,10 @@ def run() -> None:
                 eval_split=p.cams.eval_split,
             )
         report = result.report
-        write_json(METRICS, report)
-        saliency_overlay_grid([s[0] for s in result.shown], [s[1] for s in result.shown], GRID)
+        write_json(paths.SALIENCY_METRICS, report)
+        saliency_overlay_grid(
+            [s[0] for s in result.shown], [s[1] for s in result.shown], paths.SALIENCY_PLOT
+        )
         mlflow.log_metrics(
             {
                 f"{s}.{k}": report[s][k]
@@ -51,7 +47,7 @@ def run() -> None:
                 if report[s][k] is not None
             }
         )
-        for artifact in (METRICS, GRID):
+        for artifact in (paths.SALIENCY_METRICS, paths.SALIENCY_PLOT):
             mlflow.log_artifact(str(artifact))
         print(
             f"saliency mIoU ({p.cams.eval_split}): {report['miou']} at {p.saliency.threshold}, "

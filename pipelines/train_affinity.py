@@ -8,8 +8,6 @@ pixel).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlflow
 import numpy as np
 
@@ -17,13 +15,8 @@ from pnoc.data.factory import open_dataset
 from pnoc.io import atomic_path, write_json
 from pnoc.models.backbones import save_model
 from pnoc.steps import train_affinity
+from pnoc_pipelines import paths
 from pnoc_pipelines.common import main, stage
-
-CAMS = Path("outputs/cams")
-SALIENCY = Path("outputs/saliency")
-LABELS = Path("outputs/affinity_labels")
-OUT = Path("models/affinity.pt")
-METRICS = Path("metrics/affinity_labels.json")
 
 
 def run() -> None:
@@ -31,21 +24,31 @@ def run() -> None:
         p = ctx.params
         train = open_dataset(p.data, p.data.train_split)
         runtime = ctx.training_runtime("affinity")
-        with atomic_path(LABELS) as tmp:
+        with atomic_path(paths.AFFINITY_LABELS) as tmp:
             trained = train_affinity.run(
-                p.affinity, train, CAMS, SALIENCY, tmp, runtime, image_size=p.data.image_size
+                p.affinity,
+                train,
+                paths.CAMS,
+                paths.SALIENCY,
+                tmp,
+                runtime,
+                image_size=p.data.image_size,
             )
         stats = trained.labels
-        write_json(METRICS, stats)
+        write_json(paths.AFFINITY_METRICS, stats)
         mlflow.log_metrics({k: float(v) for k, v in stats.items() if np.isscalar(v)})
         print(
             f"affinity labels: {stats['confident_share']:.1%} confident pixels, "
             f"precision {stats['precision']:.1%}, "
             f"{stats['images_without_confident_pixels']} image(s) without any"
         )
-        save_model(OUT, trained.model, {"stage": "train_affinity", "radius": p.affinity.radius})
-        mlflow.log_artifact(str(METRICS))
-        print(f"trained AffinityNet in {trained.result.seconds:.0f}s -> {OUT}")
+        save_model(
+            paths.AFFINITY_MODEL,
+            trained.model,
+            {"stage": "train_affinity", "radius": p.affinity.radius},
+        )
+        mlflow.log_artifact(str(paths.AFFINITY_METRICS))
+        print(f"trained AffinityNet in {trained.result.seconds:.0f}s -> {paths.AFFINITY_MODEL}")
 
 
 if __name__ == "__main__":

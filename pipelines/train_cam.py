@@ -6,19 +6,14 @@ methods the ordinary classifier it started from, so the output set is the same f
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlflow
 
 from pnoc.cam.inference import load_cam_model
 from pnoc.data.factory import open_dataset, warn_missing_classes
 from pnoc.models.backbones import save_model
 from pnoc.steps import train_cam
+from pnoc_pipelines import paths
 from pnoc_pipelines.common import main, stage
-
-OC = Path("models/oc.pt")
-OUT = Path("models/cam.pt")
-NOC = Path("models/noc.pt")
 
 
 def run() -> None:
@@ -27,15 +22,18 @@ def run() -> None:
         train = open_dataset(p.data, p.data.train_split)
         warn_missing_classes(train)
         # The OC judges occse/poc, seeds P-NOC's noc, and is models/noc.pt for the other methods.
-        oc = load_cam_model(OC)
+        oc = load_cam_model(paths.OC_MODEL)
         runtime = ctx.training_runtime("cam")
         trained = train_cam.run(p.cam, train, runtime, image_size=p.data.image_size, oc=oc)
         meta = {"stage": "train_cam", "method": p.cam.method, "class_names": train.class_names}
-        save_model(OUT, trained.model, meta)
+        save_model(paths.CAM_MODEL, trained.model, meta)
         noc = trained.noc if trained.noc is not None else oc
-        save_model(NOC, noc, {**meta, "role": "noc" if trained.noc is not None else "oc"})
-        mlflow.log_param("checkpoint", str(OUT))
-        print(f"trained the {p.cam.method} generator in {trained.result.seconds:.0f}s -> {OUT}")
+        save_model(
+            paths.NOC_MODEL, noc, {**meta, "role": "noc" if trained.noc is not None else "oc"}
+        )
+        mlflow.log_param("checkpoint", str(paths.CAM_MODEL))
+        seconds = trained.result.seconds
+        print(f"trained the {p.cam.method} generator in {seconds:.0f}s -> {paths.CAM_MODEL}")
 
 
 if __name__ == "__main__":

@@ -5,16 +5,13 @@ Output ``models/oc.pt``: the frozen judge of OC-CSE / P-OC and the initial noc o
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlflow
 
 from pnoc.data.factory import open_dataset, warn_missing_classes
 from pnoc.models.backbones import save_model
 from pnoc.steps import train_cam
+from pnoc_pipelines import paths
 from pnoc_pipelines.common import main, stage
-
-OUT = Path("models/oc.pt")
 
 
 def run() -> None:
@@ -24,9 +21,13 @@ def run() -> None:
         warn_missing_classes(train)
         runtime = ctx.training_runtime("oc")
         trained = train_cam.run(p.oc, train, runtime, image_size=p.data.image_size)
-        save_model(OUT, trained.model, {"stage": "train_oc", "class_names": train.class_names})
-        mlflow.log_param("checkpoint", str(OUT))
-        print(f"trained the ordinary classifier in {trained.result.seconds:.0f}s -> {OUT}")
+        save_model(
+            paths.OC_MODEL, trained.model, {"stage": "train_oc", "class_names": train.class_names}
+        )
+        mlflow.log_param("checkpoint", str(paths.OC_MODEL))
+        print(
+            f"trained the ordinary classifier in {trained.result.seconds:.0f}s -> {paths.OC_MODEL}"
+        )
 
 
 if __name__ == "__main__":

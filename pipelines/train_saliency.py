@@ -7,17 +7,14 @@ hints after training) travels inside the checkpoint.
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 
 import mlflow
 
 from pnoc.data.factory import open_dataset
 from pnoc.models.backbones import save_model
 from pnoc.steps import train_saliency
+from pnoc_pipelines import paths
 from pnoc_pipelines.common import main, stage
-
-CAMS = Path("outputs/cams")
-OUT = Path("models/ccam.pt")
 
 
 def run() -> None:
@@ -25,9 +22,13 @@ def run() -> None:
         p = ctx.params
         train = open_dataset(p.data, p.data.train_split)
         runtime = ctx.training_runtime("saliency")
-        trained = train_saliency.run(p.saliency, train, CAMS, runtime, image_size=p.data.image_size)
+        trained = train_saliency.run(
+            p.saliency, train, paths.CAMS, runtime, image_size=p.data.image_size
+        )
         check = asdict(trained.orientation)
-        save_model(OUT, trained.model, {"stage": "train_saliency", "orientation": check})
+        save_model(
+            paths.CCAM_MODEL, trained.model, {"stage": "train_saliency", "orientation": check}
+        )
         mlflow.log_metrics(
             {
                 "orientation.fg_mean": check["fg_mean"],
@@ -36,7 +37,7 @@ def run() -> None:
             }
         )
         print(
-            f"trained C²AM-H in {trained.result.seconds:.0f}s -> {OUT} "
+            f"trained C²AM-H in {trained.result.seconds:.0f}s -> {paths.CCAM_MODEL} "
             f"(bi-partition {'inverted' if check['inverted'] else 'upright'})"
         )
 

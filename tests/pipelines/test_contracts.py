@@ -70,10 +70,20 @@ def _imports(path: Path) -> set[str]:
     return {m for m in found if m.split(".")[0] in ("pnoc", "pnoc_pipelines")}
 
 
-def _path_constants(module: Path) -> set[str]:
-    """The module-level ``Path`` values of a stage module (its inputs and outputs)."""
+def _stage_paths(module: Path) -> set[str]:
+    """The paths a stage module uses: ``paths.NAME`` (:mod:`pnoc_pipelines.paths`) and its own
+    module-level ``Path`` values (the embedded dataset's folder)."""
+    from pnoc_pipelines import paths
+
+    used = {
+        str(getattr(paths, node.attr))
+        for node in ast.walk(ast.parse(module.read_text()))
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "paths"
+    }
     namespace = vars(importlib.import_module(f"pnoc_pipelines.{module.stem}"))
-    return {str(v) for k, v in namespace.items() if k.isupper() and isinstance(v, Path)}
+    return used | {str(v) for k, v in namespace.items() if k.isupper() and isinstance(v, Path)}
 
 
 def _stage_module(name: str) -> Path:
@@ -114,7 +124,7 @@ def test_a_stage_reads_and_writes_the_paths_it_declares(name):
     contract = DVC[name]
     deps = [_resolve(d) for d in contract.get("deps") or []]
     outs = _outputs(contract)
-    consts = _path_constants(_stage_module(name))
+    consts = _stage_paths(_stage_module(name))
     for const in consts:
         assert const in outs or _covered(const, deps), (
             f"stage '{name}' uses {const}, which dvc.yaml lists neither as a dep nor an output"

@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pnoc.data.base import IGNORE_INDEX
 from pnoc.models.affinity import AffinityNet
 from pnoc.refine.random_walk import neighbour_offsets
 
 EPS = 1e-5
-IGNORE = 255
 
 
 def half_offsets(radius: int) -> list[tuple[int, int]]:
@@ -60,7 +60,7 @@ def affinity_loss(
         fi, fj = _shifted(features, dy, dx)
         li, lj = _shifted(labels, dy, dx)
         aff = torch.exp(-(fi - fj).abs().mean(dim=1))  # (B, h', w')
-        known = (li != IGNORE) & (lj != IGNORE)
+        known = (li != IGNORE_INDEX) & (lj != IGNORE_INDEX)
         same = known & (li == lj)
         masks = {"bg": same & (li == 0), "fg": same & (li > 0), "neg": known & (li != lj)}
         for name, m in masks.items():

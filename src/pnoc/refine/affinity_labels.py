@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pnoc.data.base import IGNORE_INDEX
 from pnoc.errors import PnocError
-
-IGNORE = 255
 
 
 def make_affinity_labels(
@@ -43,7 +42,7 @@ def make_affinity_labels(
             f"{cams.shape[1:][::-1]} (W, H)"
         )
     h, w = saliency.shape
-    labels = np.full((h, w), IGNORE, dtype=np.uint8)
+    labels = np.full((h, w), IGNORE_INDEX, dtype=np.uint8)
     if len(classes):
         best = cams.max(axis=0)
         fg = (best >= fg_threshold) & (saliency >= fg_saliency)
@@ -53,10 +52,10 @@ def make_affinity_labels(
         fg = np.zeros((h, w), dtype=bool)
     bg = saliency <= bg_threshold
     labels[bg] = 0
-    labels[bg & fg] = IGNORE  # the two cues disagree: no supervision there
+    labels[bg & fg] = IGNORE_INDEX  # the two cues disagree: no supervision there
     return labels
 
 
 def confident_fraction(labels: np.ndarray) -> float:
     """Share of pixels that carry a label (not 255)."""
-    return float((labels != IGNORE).mean()) if labels.size else 0.0
+    return float((labels != IGNORE_INDEX).mean()) if labels.size else 0.0

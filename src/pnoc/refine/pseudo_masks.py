@@ -30,11 +30,10 @@ from torch import Tensor
 
 from pnoc.cam.inference import cams_to_mask
 from pnoc.config import PseudoMaskParams
+from pnoc.data.base import IGNORE_INDEX
 from pnoc.data.transforms import eval_transform
 from pnoc.models.affinity import AffinityNet
 from pnoc.refine.random_walk import feature_affinities, neighbour_offsets, random_walk
-
-IGNORE = 255
 
 
 @torch.inference_mode()
@@ -89,7 +88,7 @@ def scores_to_mask(
         h, w = s.shape[-2:]
         full = np.concatenate([np.full((1, h, w), bg_threshold, dtype=np.float32), s], axis=0)
         top2 = np.sort(full, axis=0)[-2:]
-        mask[(top2[1] - top2[0]) < uncertain_margin] = IGNORE
+        mask[(top2[1] - top2[0]) < uncertain_margin] = IGNORE_INDEX
     return mask
 
 

@@ -15,11 +15,10 @@ import torch
 from torch import Tensor
 
 from pnoc.cam.inference import jet
+from pnoc.data.base import IGNORE_INDEX
 from pnoc.errors import DatasetError
 from pnoc.io import atomic_path, write_bytes
 from pnoc.models.ccam import CCAMNet
-
-IGNORE_INDEX = 255
 
 
 def predict_saliency(model: CCAMNet, image: Tensor, flip: bool = True) -> np.ndarray:

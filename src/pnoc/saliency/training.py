@@ -22,7 +22,7 @@ from torch import Tensor
 
 from pnoc.cam.export import cam_path
 from pnoc.cam.inference import load_cam_npz
-from pnoc.data.base import SampleKey
+from pnoc.data.base import IGNORE_INDEX, SampleKey
 from pnoc.data.transforms import eval_transform, to_tensor_image
 from pnoc.engine import TrainContext
 from pnoc.errors import ConfigError
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 #: ε of the hint target 1 − ε/2 (CCAM's smoothed foreground target).
 HINT_SMOOTHING = 0.1
 HINT_LEVELS = 254  # hint h is carried as round(254·h); 255 = padding (no hint)
-PAD_VALUE = 255
+PAD_VALUE = IGNORE_INDEX  # what the joint transforms write where they pad a mask
 
 
 class C2AMH:

@@ -8,9 +8,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from pnoc.data.base import IGNORE_INDEX
 from pnoc.models.deeplab import DeepLabV3Plus
-
-IGNORE = 255
 
 
 class SegmentationMethod:
@@ -29,13 +28,13 @@ class SegmentationMethod:
         target = batch["mask"]
         with ctx.autocast():
             logits = self.model(batch["image"])
-        if bool((target == IGNORE).all()):
+        if bool((target == IGNORE_INDEX).all()):
             loss = logits.float().sum() * 0.0  # nothing labelled in this batch
         else:
             loss = F.cross_entropy(
                 logits.float(),
                 target,
-                ignore_index=IGNORE,
+                ignore_index=IGNORE_INDEX,
                 label_smoothing=self.label_smoothing,
             )
         ctx.update("deeplab", loss, {"ce": loss})

@@ -19,12 +19,12 @@ from tqdm import tqdm
 from pnoc.cam.export import cam_path
 from pnoc.cam.inference import load_cam_npz
 from pnoc.config import PseudoMaskParams
+from pnoc.data.base import IGNORE_INDEX
 from pnoc.data.files import read_mask, write_mask_png
 from pnoc.engine import Runtime
 from pnoc.errors import PnocError
 from pnoc.metrics import ConfusionMatrix
 from pnoc.models.affinity import AffinityNet
-from pnoc.refine.affinity_labels import IGNORE
 from pnoc.refine.pseudo_masks import cam_fallback_mask, saliency_gate, walk_pseudo_mask
 from pnoc.saliency.inference import load_saliency_png, saliency_path
 
@@ -78,7 +78,7 @@ def run(
                 saliency_path(saliency_dir, image_id), expected_size=cams.shape[1:]
             )
         cam_mask = cam_fallback_mask(cams, classes, cfg.bg_threshold)
-        if not (read_mask(labels_file) != IGNORE).any():
+        if not (read_mask(labels_file) != IGNORE_INDEX).any():
             mask = saliency_gate(cam_mask, sal, saliency_threshold)
             fallback.append(image_id)
         else:
@@ -95,7 +95,7 @@ def run(
         write_mask_png(out_dir / f"{image_id}.png", mask)
         gt = dataset.load_mask(image_id)
         if gt is not None:
-            walked_cm.update(np.where(mask == IGNORE, 0, mask), gt)
+            walked_cm.update(np.where(mask == IGNORE_INDEX, 0, mask), gt)
             cam_cm.update(cam_mask, gt)
         if len(result.shown) < SHOWN:
             result.shown.append((image, [gt, cam_mask, mask]))

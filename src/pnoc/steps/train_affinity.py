@@ -16,6 +16,7 @@ from typing import Any
 from pnoc.cam.export import cam_path
 from pnoc.cam.inference import load_cam_npz
 from pnoc.config import AffinityParams
+from pnoc.data.base import IGNORE_INDEX
 from pnoc.data.files import write_mask_png
 from pnoc.data.torch_sets import SegmentationSet
 from pnoc.data.transforms import segmentation_train_transform
@@ -23,7 +24,7 @@ from pnoc.engine import FitResult, Runtime, fit
 from pnoc.metrics import ConfusionMatrix
 from pnoc.models.affinity import AffinityNet
 from pnoc.refine.affinity import AffinityMethod
-from pnoc.refine.affinity_labels import IGNORE, make_affinity_labels
+from pnoc.refine.affinity_labels import make_affinity_labels
 from pnoc.saliency.inference import load_saliency_png, saliency_path
 from pnoc.steps import sgd, train_data
 
@@ -66,14 +67,14 @@ def affinity_labels(
         )
         if out_dir is not None:
             write_mask_png(Path(out_dir) / f"{image_id}.png", labels)
-        known = labels != IGNORE
+        known = labels != IGNORE_INDEX
         total += labels.size
         confident += int(known.sum())
         if not known.any():
             empty.append(image_id)
         gt = dataset.load_mask(image_id)
         if gt is not None:
-            scored = known & (gt != IGNORE)
+            scored = known & (gt != IGNORE_INDEX)
             correct += int((labels[scored] == gt[scored]).sum())
             cm.update(labels[scored], gt[scored])
     return {
