@@ -16,8 +16,14 @@ from torch import nn
 from pnoc.cam.generator import CAMMethod, FrozenClassifier, StepContext, to_floats
 from pnoc.cam.losses import gap, hard_erase, mlsm
 from pnoc.cam.schedules import Ramp
+from pnoc.config import CamParams
 from pnoc.errors import ConfigError
 from pnoc.models.cam import CAMNet, copy_camnet
+
+# Defaults of the knobs are params.yaml's (pnoc.config's defaults, which tests keep equal).
+_CAM = CamParams()
+SMOOTHING = _CAM.label_smoothing
+MASK_THRESHOLD = _CAM.pnoc.mask_threshold
 
 __all__ = [
     "METHODS",
@@ -35,7 +41,7 @@ class VanillaCAM(CAMMethod):
 
     name = "vanilla"
 
-    def __init__(self, model: CAMNet, label_smoothing: float = 0.1) -> None:
+    def __init__(self, model: CAMNet, label_smoothing: float = SMOOTHING) -> None:
         super().__init__(model, label_smoothing=label_smoothing)
 
 
@@ -44,7 +50,7 @@ class Puzzle(CAMMethod):
 
     name = "puzzle"
 
-    def __init__(self, model: CAMNet, alpha: Ramp, label_smoothing: float = 0.1) -> None:
+    def __init__(self, model: CAMNet, alpha: Ramp, label_smoothing: float = SMOOTHING) -> None:
         super().__init__(model, label_smoothing=label_smoothing, alpha_p=alpha)
 
 
@@ -62,7 +68,7 @@ class OCCSE(CAMMethod):
         model: CAMNet,
         oc: CAMNet,
         alpha_oc: Ramp,
-        label_smoothing: float = 0.1,
+        label_smoothing: float = SMOOTHING,
         *,
         generator: torch.Generator | None = None,
     ) -> None:
@@ -84,7 +90,7 @@ class POC(OCCSE):
     name = "poc"
 
     def __init__(self, model: CAMNet, oc: CAMNet, alpha_p: Ramp, *args: Any, **kwargs: Any) -> None:
-        """``alpha_p``, then :class:`OCCSE`'s ``alpha_oc, label_smoothing=0.1, *, generator``."""
+        """``alpha_p``, then :class:`OCCSE`'s ``alpha_oc, label_smoothing, *, generator``."""
         super().__init__(model, oc, *args, **kwargs)
         self.alpha_p = alpha_p
 
@@ -122,8 +128,8 @@ class PNOC(CAMMethod):
         alpha_p: Ramp,
         alpha_oc: Ramp,
         ow: Ramp,
-        mask_threshold: float = 0.2,
-        label_smoothing: float = 0.1,
+        mask_threshold: float = MASK_THRESHOLD,
+        label_smoothing: float = SMOOTHING,
         *,
         generator: torch.Generator | None = None,
     ) -> None:
@@ -209,11 +215,11 @@ def build_method(
     model: CAMNet,
     *,
     oc: CAMNet | None = None,
-    label_smoothing: float = 0.1,
-    alpha_p: Ramp = Ramp(0.0, 4.0, 0.5),
-    alpha_oc: Ramp = Ramp(0.3, 1.0, 1.0),
-    ow: Ramp = Ramp(0.0, 1.0, 1.0),
-    mask_threshold: float = 0.2,
+    label_smoothing: float = SMOOTHING,
+    alpha_p: Ramp = Ramp.from_config(_CAM.puzzle.alpha),
+    alpha_oc: Ramp = Ramp.from_config(_CAM.occse.alpha),
+    ow: Ramp = Ramp.from_config(_CAM.pnoc.ow),
+    mask_threshold: float = MASK_THRESHOLD,
     generator: torch.Generator | None = None,
 ) -> CAMMethod:
     """The method called ``name`` (``vanilla|puzzle|occse|poc|pnoc``), from plain values.

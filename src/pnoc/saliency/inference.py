@@ -19,6 +19,7 @@ from pnoc.data.base import IGNORE_INDEX
 from pnoc.errors import DatasetError
 from pnoc.io import atomic_path, write_bytes
 from pnoc.models.ccam import CCAMNet
+from pnoc.saliency.losses import DELTA_FG
 
 
 def predict_saliency(model: CCAMNet, image: Tensor, flip: bool = True) -> np.ndarray:
@@ -49,7 +50,7 @@ def predict_saliency(model: CCAMNet, image: Tensor, flip: bool = True) -> np.nda
 def orientation_means(
     saliency: np.ndarray | Tensor | Sequence[np.ndarray | Tensor],
     hints: np.ndarray | Tensor | Sequence[np.ndarray | Tensor],
-    delta_fg: float = 0.4,
+    delta_fg: float = DELTA_FG,
 ) -> tuple[float, float]:
     """(mean saliency where hint ≥ δ_fg, mean saliency where hint < δ_fg) over all pixels.
 
@@ -76,7 +77,7 @@ def orientation_means(
 def orientation(
     saliency: np.ndarray | Tensor | Sequence[np.ndarray | Tensor],
     hints: np.ndarray | Tensor | Sequence[np.ndarray | Tensor],
-    delta_fg: float = 0.4,
+    delta_fg: float = DELTA_FG,
 ) -> bool:
     """True when the saliency looks inverted: lower on the hinted foreground than elsewhere.
 

@@ -38,8 +38,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pnoc.config import SaliencyParams
+
 SIM_MIN = 0.0005
 SIM_MAX = 0.9995
+# Knob defaults are params.yaml's (pnoc.config's defaults, which tests keep equal).
+_SALIENCY = SaliencyParams()
+ALPHA = _SALIENCY.alpha
+DELTA_FG = _SALIENCY.delta_fg
+DELTA_BG = _SALIENCY.delta_bg
+#: ε of the hint target 1 − ε/2 (CCAM's smoothed foreground target).
+HINT_SMOOTHING = 0.1
 
 
 def cosine_similarity_matrix(a: Tensor, b: Tensor) -> Tensor:
@@ -49,7 +58,7 @@ def cosine_similarity_matrix(a: Tensor, b: Tensor) -> Tensor:
     return (a @ b.T).clamp(SIM_MIN, SIM_MAX)
 
 
-def sim_max_loss(emb: Tensor, alpha: float = 0.25) -> Tensor:
+def sim_max_loss(emb: Tensor, alpha: float = ALPHA) -> Tensor:
     """CCAM's SimMaxLoss: pull every pair of embeddings (B, C) together, rank-weighted.
 
     loss_ij = −log(sim_ij) · exp(−α·(r_ij − 1)), where r_ij is the rank of sim_ij in row i
@@ -73,7 +82,7 @@ def sim_min_loss(bg: Tensor, fg: Tensor) -> Tensor:
     return (-torch.log(1.0 - sim)).mean()
 
 
-def ccam_loss(fg: Tensor, bg: Tensor, alpha: float = 0.25) -> tuple[Tensor, dict[str, Tensor]]:
+def ccam_loss(fg: Tensor, bg: Tensor, alpha: float = ALPHA) -> tuple[Tensor, dict[str, Tensor]]:
     """CCAM's total loss and its terms ``{"fg_fg", "fg_bg", "bg_bg"}``.
 
     fg_fg = SimMax(fg), fg_bg = SimMin(bg, fg), bg_bg = SimMax(bg); total = their sum.
@@ -126,8 +135,8 @@ def hint_map(
 def hint_loss(
     logits: Tensor,
     hints: Tensor,
-    delta_fg: float = 0.4,
-    smoothing: float = 0.1,
+    delta_fg: float = DELTA_FG,
+    smoothing: float = HINT_SMOOTHING,
     delta_bg: float | None = None,
 ) -> Tensor:
     """BCE-with-logits of z (B, 1, h, w) towards 1 − ε/2 where hint ≥ δ_fg, averaged there;

@@ -28,12 +28,18 @@ from pnoc.engine import TrainContext
 from pnoc.errors import ConfigError
 from pnoc.models.ccam import CCAMNet
 from pnoc.saliency.inference import orientation_means, predict_saliency
-from pnoc.saliency.losses import ccam_loss, hint_loss, hint_map
+from pnoc.saliency.losses import (
+    ALPHA,
+    DELTA_BG,
+    DELTA_FG,
+    HINT_SMOOTHING,
+    ccam_loss,
+    hint_loss,
+    hint_map,
+)
 
 log = logging.getLogger(__name__)
 
-#: ε of the hint target 1 − ε/2 (CCAM's smoothed foreground target).
-HINT_SMOOTHING = 0.1
 HINT_LEVELS = 254  # hint h is carried as round(254·h); 255 = padding (no hint)
 PAD_VALUE = IGNORE_INDEX  # what the joint transforms write where they pad a mask
 
@@ -59,11 +65,11 @@ class C2AMH:
         self,
         model: CCAMNet,
         *,
-        alpha: float = 0.25,
-        delta_fg: float = 0.4,
+        alpha: float = ALPHA,
+        delta_fg: float = DELTA_FG,
         lambda_h: float = 1.0,
         smoothing: float = HINT_SMOOTHING,
-        delta_bg: float | None = None,
+        delta_bg: float | None = DELTA_BG,
     ) -> None:
         if lambda_h < 0:
             raise ConfigError(f"lambda_h: expected >= 0, got {lambda_h}")
@@ -204,7 +210,7 @@ def fix_orientation(
     model: CCAMNet,
     hint_set: HintSet,
     *,
-    delta_fg: float = 0.4,
+    delta_fg: float = DELTA_FG,
     max_images: int = 64,
     flip: bool = True,
 ) -> OrientationCheck:
