@@ -8,8 +8,6 @@ checks that they agree), so a section built in code computes what the pipeline c
 
 from __future__ import annotations
 
-import os
-import random
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -325,13 +323,3 @@ def flatten(params: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, A
         else:
             flat[name] = value
     return flat
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's generators from ``base.seed``."""
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    os.environ.setdefault("PYTHONHASHSEED", str(seed))

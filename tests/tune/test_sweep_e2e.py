@@ -1,5 +1,6 @@
-"""Real sweeps on real tiny CAMs: Ray Tune + OptunaSearch + ASHA, MLflow, resume, --apply, a
-Ray cluster. Each sweep runs the `pnoc sweep` command in the throw-away project."""
+"""Real sweeps on real tiny CAMs: Ray Tune + OptunaSearch + ASHA, MLflow, resume after Ctrl-C
+and after a killed driver, growth, --apply, a Ray cluster. Each sweep runs the `pnoc sweep`
+command in the throw-away project."""
 
 from __future__ import annotations
 
@@ -39,9 +40,10 @@ def _sweep(kind: str, *args: str) -> list[str]:
 
 
 def _run(
-    project: Project, cmd: list[str], *, interrupt: bool = False, env: dict | None = None
+    project: Project, cmd: list[str], *, stop: int | None = None, env: dict | None = None
 ) -> tuple[int, str]:
-    """Run a sweep; with ``interrupt`` send Ctrl-C as soon as its first trial has ended."""
+    """Run a sweep; with ``stop`` send that signal (SIGINT: Ctrl-C; SIGKILL: a killed driver)
+    to the driver as soon as its first trial has ended."""
     proc = subprocess.Popen(
         cmd,
         cwd=project.root,
@@ -58,8 +60,8 @@ def _run(
         for line in proc.stdout:
             lines.append(line)
             ended = " completed after " in line or " errored after " in line
-            if interrupt and ended and not sent:
-                proc.send_signal(signal.SIGINT)
+            if stop is not None and ended and not sent:
+                proc.send_signal(stop)
                 sent = True
         rc = proc.wait()
     finally:
@@ -86,7 +88,7 @@ def test_saliency_sweep_is_interrupted_resumed_grown_and_applied(cams_project: P
     params_before = (project.root / "params.yaml").read_text()
 
     # 3 trials, 2 at a time, 2 epochs each; Ctrl-C once the first trial has ended.
-    rc, out = _run(project, _sweep("saliency"), interrupt=True)
+    rc, out = _run(project, _sweep("saliency"), stop=signal.SIGINT)
     assert rc == 130, out[-3000:]
     assert "interrupted: run the same command again to resume" in out
     first = _trials(project, "saliency")
@@ -97,10 +99,14 @@ def test_saliency_sweep_is_interrupted_resumed_grown_and_applied(cams_project: P
     rc, out = _run(project, _sweep("saliency", "--num-samples", "4", "--apply"))
     assert rc == 0, out[-3000:]
     assert "resuming" in out and "3 trial(s) done, running 1 more" in out
+    assert "with Tuner.restore" in out
     trials = _trials(project, "saliency")
     assert [t["segment"] for t in trials] == ["seg-000"] * 3 + ["seg-001"]
     kept = {t["trial_id"] for t in first if t["status"] != "unfinished"}
     assert kept <= {t["trial_id"] for t in trials}  # ended trials were not run again as new ones
+    # The cut trials ran on under their own ids in their experiment: Tuner.restore resumed it.
+    cut = {t["trial_id"] for t in first if t["status"] == "unfinished"}
+    assert cut <= {t["trial_id"] for t in trials[:3] if t["status"] != "unfinished"}
     statuses = [t["status"] for t in trials]
     assert "unfinished" not in statuses
     assert "failed" in statuses, trials  # the missing weight file crashed a trial …
@@ -163,6 +169,45 @@ def test_saliency_sweep_is_interrupted_resumed_grown_and_applied(cams_project: P
     assert len(tagged) == 1
     best_row = next(t for t in trials if t["trial_id"] == tagged[0].data.tags["pnoc.trial_id"])
     assert float(best_row["saliency.delta_fg"]) == best["saliency.delta_fg"]
+
+
+def _ray_trials(experiment: Path) -> dict[str, str]:
+    """Trial id -> status, as Ray saved them in an experiment folder."""
+    from ray.tune import ExperimentAnalysis
+
+    return {t.trial_id: t.status for t in ExperimentAnalysis(str(experiment)).trials}
+
+
+def test_a_killed_driver_is_resumed_with_tuner_restore(cams_project: Project):
+    """SIGKILL of the driver once a trial has ended: the driver writes nothing more, Ray's last
+    saved state stands; the next run restores that experiment and runs its trials on."""
+    import optuna
+
+    project = cams_project
+    cmd = _sweep("saliency", "--name", "killed")
+    sweep_dir = (project.root / "sweeps" / "killed").resolve()
+    rc, out = _run(project, cmd, stop=signal.SIGKILL)
+    assert rc == -signal.SIGKILL, out[-3000:]
+    assert not (sweep_dir / "trials.csv").exists()
+    saved = _ray_trials(sweep_dir / "ray" / "seg-000")
+    assert set(saved.values()) - {"TERMINATED", "ERROR"}, saved  # Ray saved a cut experiment
+
+    rc, out = _run(project, cmd)
+    assert rc == 0, out[-3000:]
+    assert f"resuming {sweep_dir / 'ray' / 'seg-000'} with Tuner.restore" in out
+    assert [p.name for p in (sweep_dir / "ray").iterdir()] == ["seg-000"]  # no new experiment
+    trials = _trials(project, "killed")
+    assert len(trials) == 3 and {t["segment"] for t in trials} == {"seg-000"}
+    assert set(saved) <= {t["trial_id"] for t in trials}  # the saved trials ran on
+    assert "unfinished" not in {t["status"] for t in trials}
+
+    # One MLflow run per trial: those the killed driver left were replaced or removed.
+    _, runs = _runs(project, "killed")
+    expected = {t["trial_id"]: "FAILED" if t["status"] == "failed" else "FINISHED" for t in trials}
+    assert {r.data.tags["pnoc.trial_id"]: r.info.status for r in runs} == expected
+    assert len(runs) == len(trials)
+    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
 
 
 def _free_port() -> int:

@@ -27,7 +27,6 @@ from pnoc.errors import ConfigError
 __all__ = ["Runtime", "resolve_device", "seed_everything"]
 
 
-
 def resolve_device(device: str | torch.device) -> torch.device:
     """``auto`` → CUDA when a GPU is visible, else CPU; ``cuda[:N]`` without CUDA is refused.
 

@@ -1,7 +1,8 @@
 """Hyperparameter sweeps: search spaces, sweep settings and the objectives trials run.
 
-No tracking and no params.yaml here: ``pipelines/sweep.py`` drives Ray Tune, Optuna and MLflow.
-The objectives (:mod:`pnoc.tune.objectives`, torch) are imported by the trials only.
+No tracking and no params.yaml here: ``pipelines/sweep/`` (``pnoc_pipelines.sweep``) drives
+Ray Tune, Optuna and MLflow. The objectives (:mod:`pnoc.tune.objectives`, torch) are imported
+by the trials only.
 """
 
 from __future__ import annotations
