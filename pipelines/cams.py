@@ -18,6 +18,7 @@ from pnoc.io import atomic_path, write_json, write_text
 from pnoc.steps import cams
 from pnoc_pipelines import paths
 from pnoc_pipelines.common import main, stage
+from pnoc_pipelines.tracking import log_artifacts
 
 
 def run() -> None:
@@ -62,8 +63,7 @@ def run() -> None:
             maps.append(record.astype("float32"))
             classes.append(cls)
         cam_overlay_grid(images, maps, classes, shown.class_names, paths.CAMS_PLOT)
-        for artifact in (paths.CAMS_METRICS, paths.CAMS_CURVE, paths.CAMS_PLOT):
-            mlflow.log_artifact(str(artifact))
+        log_artifacts(paths.CAMS_METRICS, paths.CAMS_CURVE, paths.CAMS_PLOT)
         print(f"CAM mIoU ({p.cams.eval_split}): {report.get('miou')}")
 
 

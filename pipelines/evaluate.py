@@ -16,6 +16,7 @@ from pnoc.steps import evaluate
 from pnoc.viz import confusion_png, mask_grid
 from pnoc_pipelines import paths
 from pnoc_pipelines.common import main, stage
+from pnoc_pipelines.tracking import log_artifacts
 
 
 def run() -> None:
@@ -50,8 +51,7 @@ def run() -> None:
             {"val.miou": report["miou"] or 0.0, "val.pixel_acc": report["pixel_acc"] or 0.0}
             | {f"val.iou.{k}": v for k, v in report["iou"].items() if v is not None}
         )
-        for artifact in (paths.SEGMENTATION_METRICS, paths.CONFUSION_PLOT, paths.SEGMENTATION_PLOT):
-            mlflow.log_artifact(str(artifact))
+        log_artifacts(paths.SEGMENTATION_METRICS, paths.CONFUSION_PLOT, paths.SEGMENTATION_PLOT)
         print(f"DeepLabV3+ val mIoU: {report['miou']}")
 
 

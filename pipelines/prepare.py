@@ -14,6 +14,7 @@ from pnoc.steps import prepare
 from pnoc.viz import sample_grid
 from pnoc_pipelines import paths
 from pnoc_pipelines.common import main, stage
+from pnoc_pipelines.tracking import log_artifacts
 
 
 def run() -> None:
@@ -24,7 +25,7 @@ def run() -> None:
         sample_grid(
             [train[i] for i in range(min(8, len(train)))], train.class_names, paths.SAMPLES_PLOT
         )
-        mlflow.log_artifact(str(paths.SAMPLES_PLOT))
+        log_artifacts(paths.SAMPLES_PLOT)
         mlflow.log_dict(report, "dataset.json")
         for split in (data.train_split, data.val_split):
             mlflow.log_metric(f"{split}.images", report[split]["images"])

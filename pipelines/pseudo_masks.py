@@ -21,6 +21,7 @@ from pnoc.steps import pseudo_masks
 from pnoc.viz import mask_grid
 from pnoc_pipelines import paths
 from pnoc_pipelines.common import main, stage
+from pnoc_pipelines.tracking import log_artifacts
 
 
 def cam_miou(split: str) -> float | None:
@@ -69,8 +70,7 @@ def run() -> None:
             {k: float(v) for k, v in logged.items() if v is not None}
             | {"fallback_images": float(report["fallback_images"])}
         )
-        for artifact in (paths.PSEUDO_MASKS_METRICS, paths.PSEUDO_MASKS_PLOT):
-            mlflow.log_artifact(str(artifact))
+        log_artifacts(paths.PSEUDO_MASKS_METRICS, paths.PSEUDO_MASKS_PLOT)
         print(
             f"pseudo-mask mIoU ({cfg.split}): {report['miou']} "
             f"(CAMs best {cams_best}); {report['fallback_images']} fallback image(s)"

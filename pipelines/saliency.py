@@ -18,6 +18,7 @@ from pnoc.saliency.inference import saliency_overlay_grid
 from pnoc.steps import saliency
 from pnoc_pipelines import paths
 from pnoc_pipelines.common import main, stage
+from pnoc_pipelines.tracking import log_artifacts
 
 
 def run() -> None:
@@ -47,8 +48,7 @@ def run() -> None:
                 if report[s][k] is not None
             }
         )
-        for artifact in (paths.SALIENCY_METRICS, paths.SALIENCY_PLOT):
-            mlflow.log_artifact(str(artifact))
+        log_artifacts(paths.SALIENCY_METRICS, paths.SALIENCY_PLOT)
         print(
             f"saliency mIoU ({p.cams.eval_split}): {report['miou']} at {p.saliency.threshold}, "
             f"best {report['best_miou']} at {report['best_threshold']}"

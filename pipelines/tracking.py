@@ -152,6 +152,12 @@ def stage_run(
             MlflowClient().set_terminated(parent, status=status)
 
 
+def log_artifacts(*files: Path) -> None:
+    """Attach a stage's metrics files and pictures to its MLflow run."""
+    for file in files:
+        mlflow.log_artifact(str(file))
+
+
 class MlflowLogger:
     """Engine callback: step metrics every ``every`` steps, epoch means at each epoch end."""
 

@@ -17,13 +17,13 @@ from pnoc.models.backbones import save_model
 from pnoc.steps import train_affinity
 from pnoc_pipelines import paths
 from pnoc_pipelines.common import main, stage
+from pnoc_pipelines.tracking import log_artifacts
 
 
 def run() -> None:
     with stage("train_affinity") as ctx:
         p = ctx.params
         train = open_dataset(p.data, p.data.train_split)
-        runtime = ctx.training_runtime("affinity")
         with atomic_path(paths.AFFINITY_LABELS) as tmp:
             trained = train_affinity.run(
                 p.affinity,
@@ -31,7 +31,7 @@ def run() -> None:
                 paths.CAMS,
                 paths.SALIENCY,
                 tmp,
-                runtime,
+                ctx.training_runtime("affinity"),
                 image_size=p.data.image_size,
             )
         stats = trained.labels
@@ -47,7 +47,7 @@ def run() -> None:
             trained.model,
             {"stage": "train_affinity", "radius": p.affinity.radius},
         )
-        mlflow.log_artifact(str(paths.AFFINITY_METRICS))
+        log_artifacts(paths.AFFINITY_METRICS)
         print(f"trained AffinityNet in {trained.result.seconds:.0f}s -> {paths.AFFINITY_MODEL}")
 
 

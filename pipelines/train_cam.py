@@ -23,8 +23,9 @@ def run() -> None:
         warn_missing_classes(train)
         # The OC judges occse/poc, seeds P-NOC's noc, and is models/noc.pt for the other methods.
         oc = load_cam_model(paths.OC_MODEL)
-        runtime = ctx.training_runtime("cam")
-        trained = train_cam.run(p.cam, train, runtime, image_size=p.data.image_size, oc=oc)
+        trained = train_cam.run(
+            p.cam, train, ctx.training_runtime("cam"), image_size=p.data.image_size, oc=oc
+        )
         meta = {"stage": "train_cam", "method": p.cam.method, "class_names": train.class_names}
         save_model(paths.CAM_MODEL, trained.model, meta)
         noc = trained.noc if trained.noc is not None else oc

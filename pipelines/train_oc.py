@@ -19,8 +19,9 @@ def run() -> None:
         p = ctx.params
         train = open_dataset(p.data, p.data.train_split)
         warn_missing_classes(train)
-        runtime = ctx.training_runtime("oc")
-        trained = train_cam.run(p.oc, train, runtime, image_size=p.data.image_size)
+        trained = train_cam.run(
+            p.oc, train, ctx.training_runtime("oc"), image_size=p.data.image_size
+        )
         save_model(
             paths.OC_MODEL, trained.model, {"stage": "train_oc", "class_names": train.class_names}
         )

@@ -21,9 +21,12 @@ def run() -> None:
     with stage("train_saliency") as ctx:
         p = ctx.params
         train = open_dataset(p.data, p.data.train_split)
-        runtime = ctx.training_runtime("saliency")
         trained = train_saliency.run(
-            p.saliency, train, paths.CAMS, runtime, image_size=p.data.image_size
+            p.saliency,
+            train,
+            paths.CAMS,
+            ctx.training_runtime("saliency"),
+            image_size=p.data.image_size,
         )
         check = asdict(trained.orientation)
         save_model(

@@ -18,9 +18,12 @@ def run() -> None:
     with stage("train_segmentation") as ctx:
         p = ctx.params
         train = open_dataset(p.data, p.pseudo_masks.split)
-        runtime = ctx.training_runtime("segmentation")
         trained = train_segmentation.run(
-            p.segmentation, train, paths.PSEUDO_MASKS, runtime, image_size=p.data.image_size
+            p.segmentation,
+            train,
+            paths.PSEUDO_MASKS,
+            ctx.training_runtime("segmentation"),
+            image_size=p.data.image_size,
         )
         meta = {"stage": "train_segmentation", "class_names": train.class_names}
         save_model(paths.DEEPLAB_MODEL, trained.model, meta)

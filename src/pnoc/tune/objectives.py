@@ -45,7 +45,7 @@ from torch import nn
 from pnoc.cam.export import cam_path
 from pnoc.config import Params
 from pnoc.data.factory import open_dataset
-from pnoc.engine import Runtime, rng_state, set_rng_state
+from pnoc.engine import Callback, Runtime, rng_state, set_rng_state
 from pnoc.errors import DatasetError, PnocError
 from pnoc.models.cam import CAMNet
 from pnoc.models.ccam import CCAMNet
@@ -132,7 +132,7 @@ def check_cams(dataset: Any, cam_dir: str | Path) -> None:
 # Saliency sweep
 
 
-class _SaliencyProbe:
+class _SaliencyProbe(Callback):
     """Epoch-end callback of the saliency sweep (see the module docstring)."""
 
     def __init__(
@@ -152,12 +152,6 @@ class _SaliencyProbe:
         self.cam_dir, self.objective, self.runtime = cam_dir, objective, runtime
         self.report, self.orientation_images = report, orientation_images
         self.last: dict[str, float] = {}
-
-    def on_step_end(self, ctx: Any, metrics: Mapping[str, float]) -> None:
-        return None
-
-    def on_train_end(self, ctx: Any) -> None:
-        return None
 
     def on_epoch_end(self, ctx: Any, metrics: Mapping[str, float]) -> None:
         model = self.tap.get()
@@ -255,7 +249,7 @@ def saliency_objective(
 # Adversarial sweep
 
 
-class _CamProbe:
+class _CamProbe(Callback):
     """Epoch-end callback of the adversarial sweep: CAMs of the eval split at ``scales``,
     scored at their best background threshold (the ``cams`` stage's library call)."""
 
@@ -272,12 +266,6 @@ class _CamProbe:
         self.tap, self.params, self.dataset = tap, params, dataset
         self.scales, self.runtime, self.report = scales, runtime, report
         self.last: dict[str, float] = {}
-
-    def on_step_end(self, ctx: Any, metrics: Mapping[str, float]) -> None:
-        return None
-
-    def on_train_end(self, ctx: Any) -> None:
-        return None
 
     def on_epoch_end(self, ctx: Any, metrics: Mapping[str, float]) -> None:
         model = self.tap.get()
