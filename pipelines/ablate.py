@@ -22,7 +22,7 @@ import yaml
 from pnoc.cam.methods import METHODS
 from pnoc.config import Params, flatten
 from pnoc.data.factory import open_dataset
-from pnoc.engine import Runtime, resolve_device
+from pnoc.engine import Runtime
 from pnoc.errors import ConfigError
 from pnoc.io import write_json
 from pnoc.steps import cams, train_cam
@@ -30,24 +30,12 @@ from pnoc_pipelines import paths, tracking
 from pnoc_pipelines.common import load_params
 
 
-def runtime_of(params: Params, seed: int) -> Runtime:
-    """The ablation's run settings: ``base`` of params.yaml with ``seed``, no checkpoint."""
-    b = params.base
-    return Runtime(
-        seed=seed,
-        device=resolve_device(b.device),
-        amp=b.amp,
-        num_workers=b.num_workers,
-        progress=b.progress,
-    )
-
-
 def generators(
     params: Params, methods: list[str], seed: int, train: Any
 ) -> Iterator[tuple[str, train_cam.TrainedCAM]]:
     """The ordinary classifier trained once with ``seed``, then each method's generator from it:
     the ``train_oc`` and ``train_cam`` stages' library call, with the same params and seed."""
-    runtime = runtime_of(params, seed)
+    runtime = Runtime.from_params(params.base, seed=seed)
     image_size = params.data.image_size
     oc = train_cam.run(params.oc, train, runtime, image_size=image_size).model
     for method in methods:
@@ -89,7 +77,7 @@ def ablate_cams(
                         trained.model,
                         {split: evaluation},
                         cam_dir,
-                        runtime_of(params, seed),
+                        Runtime.from_params(params.base, seed=seed),
                         scales=params.cams.scales,
                         flip=params.cams.flip,
                         thresholds=params.cams.thresholds.values(),

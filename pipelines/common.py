@@ -21,12 +21,10 @@ import yaml
 from pydantic import BaseModel
 
 from pnoc.config import Params, flatten, parse_params
-from pnoc.engine import CheckpointConfig, Runtime, fingerprint, resolve_device
+from pnoc.engine import CheckpointConfig, Runtime, fingerprint
 from pnoc.errors import ConfigError, PnocError
+from pnoc_pipelines.paths import CHECKPOINT_DIR, DVC_FILE, PARAMS_FILE
 
-PARAMS_FILE = Path("params.yaml")
-DVC_FILE = Path("dvc.yaml")
-CHECKPOINT_DIR = Path(".pnoc/checkpoints")
 log = logging.getLogger("pnoc")
 
 
@@ -78,6 +76,10 @@ def declared_params(name: str, path: Path = DVC_FILE) -> list[str]:
     return keys
 
 
+class UndeclaredParamError(ConfigError, AttributeError):
+    """A stage read a params key its dvc.yaml entry does not declare (``hasattr`` sees none)."""
+
+
 class DeclaredParams:
     """params.yaml as a stage may read it: the keys its dvc.yaml entry declares, and no other.
 
@@ -99,7 +101,7 @@ class DeclaredParams:
             return value
         if any(d.startswith(key + ".") for d in self._declared):
             return DeclaredParams(value, self._stage, self._declared, key + ".")
-        raise ConfigError(
+        raise UndeclaredParamError(
             f"stage '{self._stage}' reads params key '{key}', which dvc.yaml does not list under "
             f"stages.{self._stage}.params (declared: {', '.join(self._declared)})"
         )
@@ -112,14 +114,7 @@ class StageContext:
 
     def runtime(self) -> Runtime:
         """The stage's run settings from ``base``."""
-        b = self.params.base
-        return Runtime(
-            seed=b.seed,
-            device=resolve_device(b.device),
-            amp=b.amp,
-            num_workers=b.num_workers,
-            progress=b.progress,
-        )
+        return Runtime.from_params(self.params.base)
 
     def training_runtime(self, section: str) -> Runtime:
         """:meth:`runtime` with an MLflow logger and a resumable checkpoint at

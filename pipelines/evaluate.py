@@ -31,6 +31,7 @@ def run() -> None:
             scales=s.tta_scales,
             flip=s.tta_flip,
             crf=s.crf,
+            model_name=str(paths.DEEPLAB_MODEL),
         )
         cm = result.confusion
         report = {

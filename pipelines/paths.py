@@ -8,6 +8,11 @@ dvc.yaml entry names. The embedded dataset's folder is the library's
 
 from pathlib import Path
 
+PARAMS_FILE = Path("params.yaml")
+DVC_FILE = Path("dvc.yaml")
+SWEEP_CONFIG = Path("pipelines/sweep.yaml")
+CHECKPOINT_DIR = Path(".pnoc/checkpoints")  # resumable training state, outside DVC's outputs
+
 DATASET_METRICS = Path("metrics/dataset.json")
 SAMPLES_PLOT = Path("plots/samples.png")
 

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from pnoc_pipelines.sweep.paths import PARAMS, SWEEP_CONFIG
+from pnoc_pipelines.paths import PARAMS_FILE as PARAMS
+from pnoc_pipelines.paths import SWEEP_CONFIG
 
 if TYPE_CHECKING:
     from pnoc_pipelines.sweep.driver import SweepOutcome

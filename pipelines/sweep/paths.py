@@ -12,8 +12,6 @@ from pnoc.errors import ConfigError
 from pnoc.io import write_text
 
 SWEEPS = Path("sweeps")
-SWEEP_CONFIG = Path("pipelines/sweep.yaml")
-PARAMS = Path("params.yaml")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 

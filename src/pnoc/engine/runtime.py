@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pnoc.config import DEVICE_PATTERN
+from pnoc.config import DEVICE_PATTERN, BaseParams
 from pnoc.engine.checkpoint import CheckpointConfig
 from pnoc.errors import ConfigError
 
@@ -89,6 +89,20 @@ class Runtime:
         object.__setattr__(self, "callbacks", tuple(self.callbacks))
         if self.num_workers < 0:
             raise ConfigError(f"num_workers: expected >= 0, got {self.num_workers}")
+
+    @classmethod
+    def from_params(cls, base: BaseParams, **changes: Any) -> Runtime:
+        """The run settings params.yaml's ``base`` section gives (seed, device, AMP, workers,
+        progress), with ``changes`` (e.g. ``seed=1``, ``device="cuda:1"``) applied."""
+        device = changes.pop("device", None) or resolve_device(base.device)
+        runtime = cls(
+            seed=base.seed,
+            device=device,
+            amp=base.amp,
+            num_workers=base.num_workers,
+            progress=base.progress,
+        )
+        return runtime.replace(**changes)
 
     @property
     def torch_device(self) -> torch.device:

@@ -14,7 +14,6 @@ from typing import Any, ClassVar, Self
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pnoc.engine.optim import split_decay_groups
 from pnoc.models.backbones import Backbone, ModelSpec, load_spec_model
 from pnoc.models.efficientnet import EfficientNetLite0
 
@@ -31,6 +30,8 @@ def backbone_head_groups(
     ``weight_decay`` is given. Each group has a ``name`` for logging. Empty groups and frozen
     parameters (``requires_grad=False``) are left out.
     """
+    from pnoc.engine.optim import split_decay_groups  # the engine package loads the trainer
+
     named = list(model.named_parameters())
     backbone = [(n, p) for n, p in named if n.startswith("backbone.")]
     head = [(n, p) for n, p in named if not n.startswith("backbone.")]

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from pnoc.cam.export import cam_path
 from pnoc.cam.inference import load_cam_npz
-from pnoc.data.base import IGNORE_INDEX, SampleKey
+from pnoc.data.base import IGNORE_INDEX, SampleKey, key_index
 from pnoc.data.transforms import eval_transform, to_tensor_image
 from pnoc.engine import TrainContext
 from pnoc.errors import ConfigError
@@ -126,12 +126,6 @@ class C2AMH:
 # Data
 
 
-def _key_index(key: int | SampleKey) -> tuple[int, int]:
-    if isinstance(key, SampleKey):
-        return int(key.index), int(key.seed)
-    return int(key), int(key)
-
-
 def quantise_hint(hint: np.ndarray) -> np.ndarray:
     """(H, W) hint in [0, 1] -> uint8 round(254·h) (0..254; 255 is left for padding)."""
     return np.rint(np.clip(hint, 0.0, 1.0) * HINT_LEVELS).astype(np.uint8)
@@ -174,7 +168,7 @@ class HintSet(torch.utils.data.Dataset):
         return hint_map([cams.astype(np.float32)], size)[0, 0].numpy()
 
     def __getitem__(self, key: int | SampleKey) -> dict[str, Any]:
-        index, seed = _key_index(key)
+        index, seed = key_index(key)
         sample = self.dataset.get(index, mask=False)
         hint = self.load_hint(sample.id, sample.image.shape[:2])
         image, q = self.transform(sample.image, quantise_hint(hint), np.random.default_rng(seed))

@@ -1,5 +1,5 @@
-"""DeepLabV3+ on pseudo-masks, on the shared engine: cross-entropy with label smoothing,
-255 ignored, SGD momentum 0.9 with poly LR (backbone × 1, decoder × 10)."""
+"""DeepLabV3+'s engine Method: cross-entropy with label smoothing, the ignore label left out.
+The recipe (data, SGD, poly LR) is the ``train_segmentation`` step."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from pnoc.config import SegmentationParams
 from pnoc.data.base import IGNORE_INDEX
 from pnoc.models.deeplab import DeepLabV3Plus
+
+SMOOTHING = SegmentationParams().label_smoothing  # params.yaml's (pnoc.config's defaults)
 
 
 class SegmentationMethod:
@@ -17,7 +20,9 @@ class SegmentationMethod:
 
     name = "deeplab"
 
-    def __init__(self, model: DeepLabV3Plus, label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self, model: DeepLabV3Plus, label_smoothing: float = SegmentationParams().label_smoothing
+    ) -> None:
         self.model = model
         self.label_smoothing = label_smoothing
 

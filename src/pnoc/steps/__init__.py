@@ -26,34 +26,3 @@ How a step runs (seed, device, workers, checkpoint, callbacks) is a
 ``runtime.seed`` before it builds anything, so the same params and seed train the same network
 whichever entry point ran it and whatever ran before it in the process.
 """
-
-from __future__ import annotations
-
-from typing import Any
-
-import torch
-
-from pnoc.data.torch_sets import collate
-from pnoc.engine import TrainData, build_sgd
-
-
-def train_data(dataset: Any, cfg: Any) -> TrainData:
-    """``dataset`` batched by the readers' collate, for a params section's ``epochs``,
-    ``batch_size`` and ``max_steps_per_epoch``."""
-    return TrainData(
-        dataset,
-        cfg.epochs,
-        cfg.batch_size,
-        collate_fn=collate,
-        max_steps_per_epoch=cfg.max_steps_per_epoch,
-    )
-
-
-def sgd(model: Any, cfg: Any, *, nesterov: bool, lr: float | None = None) -> torch.optim.SGD:
-    """SGD over ``model.param_groups()`` at a section's ``lr`` (or ``lr``) and weight decay."""
-    return build_sgd(
-        model.param_groups(),
-        lr=cfg.lr if lr is None else lr,
-        weight_decay=cfg.weight_decay,
-        nesterov=nesterov,
-    )

@@ -35,12 +35,16 @@ def run(
     scales: Sequence[float],
     flip: bool,
     crf: bool,
+    model_name: str = "the model",
 ) -> Evaluation:
-    """Segment every image of ``dataset`` and count predictions against its ground truth."""
+    """Segment every image of ``dataset`` and count predictions against its ground truth.
+
+    model_name: how errors name the model (e.g. its checkpoint's path).
+    """
     if model.num_classes != len(dataset.class_names):
         raise DatasetError(
             dataset.root,
-            f"{len(dataset.class_names)} classes, but the model predicts {model.num_classes}",
+            f"{len(dataset.class_names)} classes, but {model_name} predicts {model.num_classes}",
         )
     device = runtime.torch_device
     model = model.to(device).eval()

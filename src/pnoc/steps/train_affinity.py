@@ -26,7 +26,7 @@ from pnoc.models.affinity import AffinityNet
 from pnoc.refine.affinity import AffinityMethod
 from pnoc.refine.affinity_labels import make_affinity_labels
 from pnoc.saliency.inference import load_saliency_png, saliency_path
-from pnoc.steps import sgd, train_data
+from pnoc.steps.training import sgd, train_data
 
 
 @dataclass
@@ -48,9 +48,9 @@ def affinity_labels(
     """Affinity labels of every image of ``dataset``, written to ``out_dir`` (None: not written).
 
     Returns ``confident_share`` (labelled pixels / all), ``precision`` (labelled pixels that
-    agree with the ground truth, where it exists), ``miou`` (of the labelled pixels against the
-    ground truth; None without any), ``images``, ``images_without_confident_pixels`` and the
-    first 50 such ``empty_ids``.
+    agree with the ground truth, where it exists), ``label_miou`` (of the labelled pixels
+    against the ground truth; None without any), ``images``,
+    ``images_without_confident_pixels`` and the first 50 such ``empty_ids``.
     """
     confident, correct, total, empty = 0, 0, 0, []
     cm = ConfusionMatrix(len(dataset.class_names))
@@ -80,7 +80,7 @@ def affinity_labels(
     return {
         "confident_share": confident / max(total, 1),
         "precision": correct / max(confident, 1),
-        "miou": cm.miou() if cm.matrix.sum() else None,
+        "label_miou": cm.miou() if cm.matrix.sum() else None,
         "images": len(dataset),
         "images_without_confident_pixels": len(empty),
         "empty_ids": empty[:50],

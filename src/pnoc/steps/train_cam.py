@@ -17,7 +17,7 @@ from pnoc.data.torch_sets import ClassificationSet
 from pnoc.data.transforms import classification_train_transform
 from pnoc.engine import FitResult, Runtime, fit
 from pnoc.models.cam import CAMNet
-from pnoc.steps import sgd, train_data
+from pnoc.steps.training import sgd, train_data
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pnoc.saliency.training import (
     OrientationCheck,
     fix_orientation,
 )
-from pnoc.steps import sgd, train_data
+from pnoc.steps.training import sgd, train_data
 
 
 @dataclass

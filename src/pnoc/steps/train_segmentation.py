@@ -13,7 +13,7 @@ from pnoc.data.transforms import segmentation_train_transform
 from pnoc.engine import FitResult, Runtime, fit
 from pnoc.models.deeplab import DeepLabV3Plus
 from pnoc.segmentation.training import SegmentationMethod
-from pnoc.steps import sgd, train_data
+from pnoc.steps.training import sgd, train_data
 
 
 @dataclass

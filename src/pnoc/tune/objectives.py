@@ -61,10 +61,7 @@ Report = Callable[[dict[str, float]], None]
 
 def trial_runtime(params: Params, device: str, **changes: Any) -> Runtime:
     """A sweep trial's run settings: ``base`` of its params on ``device``, no progress bars."""
-    b = params.base
-    return Runtime(
-        seed=b.seed, device=device, amp=b.amp, num_workers=b.num_workers, progress=False
-    ).replace(**changes)
+    return Runtime.from_params(params.base, device=device, progress=False, **changes)
 
 
 class ModuleTap(AbstractContextManager["ModuleTap"]):

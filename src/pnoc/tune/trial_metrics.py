@@ -57,7 +57,7 @@ def proxy_metrics(
     return {
         "cam_saliency_miou": proxy.miou(),
         "saliency_miou": float(np.nanmean(iou_from_confusion(sal_counts))),
-        "affinity_label_miou": float(labels["miou"] or 0.0),
+        "affinity_label_miou": float(labels["label_miou"] or 0.0),
         "affinity_precision": labels["precision"],
         "affinity_confident_share": labels["confident_share"],
     }

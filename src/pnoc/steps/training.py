@@ -1,0 +1,32 @@
+"""What the training steps share: a section's batches and epochs, its SGD."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pnoc.data.torch_sets import collate
+from pnoc.engine import TrainData, build_sgd
+
+
+def train_data(dataset: Any, cfg: Any) -> TrainData:
+    """``dataset`` batched by the readers' collate, for a params section's ``epochs``,
+    ``batch_size`` and ``max_steps_per_epoch``."""
+    return TrainData(
+        dataset,
+        cfg.epochs,
+        cfg.batch_size,
+        collate_fn=collate,
+        max_steps_per_epoch=cfg.max_steps_per_epoch,
+    )
+
+
+def sgd(model: Any, cfg: Any, *, nesterov: bool, lr: float | None = None) -> torch.optim.SGD:
+    """SGD over ``model.param_groups()`` at a section's ``lr`` (or ``lr``) and weight decay."""
+    return build_sgd(
+        model.param_groups(),
+        lr=cfg.lr if lr is None else lr,
+        weight_decay=cfg.weight_decay,
+        nesterov=nesterov,
+    )
