@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pnoc.cam.inference import cams_to_mask
-from pnoc.config import PseudoMaskParams
+from pnoc.config import PseudoMaskParams, SaliencyParams
 from pnoc.data.base import IGNORE_INDEX
 from pnoc.data.transforms import eval_transform
 from pnoc.models.affinity import AffinityNet
@@ -120,7 +120,7 @@ def walk_pseudo_mask(
     *,
     device: str | torch.device = "cpu",
     saliency: np.ndarray | None = None,
-    saliency_threshold: float = 0.5,
+    saliency_threshold: float = SaliencyParams().threshold,
 ) -> np.ndarray:
     """One image's pseudo-mask: AffinityNet features, random walk, background threshold (and
     the dense CRF when ``cfg.crf``), then the saliency gate when ``saliency`` is given (see
