@@ -70,6 +70,7 @@ def ablate_cams(
         if overrides:
             mlflow.log_params({f"set.{k}": v for k, v in overrides.items()})
         for seed in seeds:
+            runtime = Runtime.from_params(params.base, seed=seed)
             for method, trained in generators(params, methods, seed, train):
                 t0 = time.perf_counter()
                 with tempfile.TemporaryDirectory() as cam_dir:
@@ -77,7 +78,7 @@ def ablate_cams(
                         trained.model,
                         {split: evaluation},
                         cam_dir,
-                        Runtime.from_params(params.base, seed=seed),
+                        runtime,
                         scales=params.cams.scales,
                         flip=params.cams.flip,
                         thresholds=params.cams.thresholds.values(),

@@ -12,13 +12,8 @@ from pnoc.config import SaliencyParams
 from pnoc.data.transforms import classification_train_transform
 from pnoc.engine import FitResult, Runtime, fit
 from pnoc.models.ccam import CCAMNet
-from pnoc.saliency.training import (
-    C2AMH,
-    HINT_SMOOTHING,
-    HintSet,
-    OrientationCheck,
-    fix_orientation,
-)
+from pnoc.saliency.losses import HINT_SMOOTHING
+from pnoc.saliency.training import C2AMH, HintSet, OrientationCheck, fix_orientation
 from pnoc.steps.training import sgd, train_data
 
 
