@@ -5,10 +5,10 @@
         [--no-flip]
 
 Registers the model as ``@champion`` in a throw-away SQLite store (a random-weight DeepLabV3+
-ResNet-18 unless ``--checkpoint`` is given), starts ``mlflow models serve --env-manager local``
-(one worker) on it, and posts one ``--size`` px image ``--requests`` times, one at a time, as a
-base64 PNG (``dataframe_split``) or a pixel array (``inputs``). Latency is the client-side time
-of each request (JSON encoding, HTTP, parsing, schema enforcement, decoding, the network with
+ResNet-18 unless ``--checkpoint`` is given), starts ``pnoc serve`` (one worker) on it, and
+posts one ``--size`` px image ``--requests`` times, one at a time, as a base64 PNG
+(``dataframe_split``) or a pixel array (``inputs``). Latency is the client-side time of each
+request (JSON encoding, HTTP, parsing, schema enforcement, decoding, the network with
 its test-time augmentation, the JSON mask back), after ``--warmup`` requests.
 """
 
@@ -90,12 +90,12 @@ def main() -> None:
         body = json.dumps(payload).encode()
 
         t0 = time.perf_counter()
-        with serving.scoring_server(f"models:/{NAME}@champion") as url:
+        with serving.scoring_server(f"models:/{NAME}@champion") as server:
             startup = time.perf_counter() - t0
             times = []
             for i in range(args.warmup + args.requests):
                 t = time.perf_counter()
-                status, answer = serving.post_json(url + "/invocations", body)
+                status, answer = serving.post_json(server.url + "/invocations", body)
                 elapsed = time.perf_counter() - t
                 if status != 200:
                     raise SystemExit(f"request {i}: HTTP {status}: {answer}")

@@ -126,12 +126,19 @@ def ablate_cams_cmd(
     typer.echo(format_table(report))
 
 
+def _default_model() -> str:
+    from pnoc_pipelines.common import load_params
+
+    return f"models:/{load_params().register.model_name}@champion"
+
+
 @app.command()
 def predict(
     images: Annotated[list[Path], typer.Argument(help="PNG/JPEG images")],
     model: Annotated[
-        str, typer.Option("--model", "-m", help="model URI")
-    ] = "models:/pnoc-segmenter@champion",
+        str | None,
+        typer.Option("--model", "-m", help="model URI [default: the registered champion]"),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("predictions"),
     alpha: Annotated[float, typer.Option(help="mask opacity in the overlay")] = 0.5,
 ) -> None:
@@ -147,6 +154,7 @@ def predict(
     from pnoc.io import atomic_path
     from pnoc.viz import colorize
     from pnoc_pipelines import tracking
+    from pnoc_pipelines.serving import load_verified
 
     for path in images:
         if not path.is_file():
@@ -154,26 +162,71 @@ def predict(
     stems = [p.stem for p in images]
     if len(set(stems)) != len(stems):
         raise PnocError(f"two images share a file name stem; outputs would collide: {stems}")
+    model = model or _default_model()
     mlflow.set_tracking_uri(tracking.tracking_uri())
-    try:
-        pyfunc = mlflow.pyfunc.load_model(model)
-    except (mlflow.exceptions.MlflowException, OSError) as exc:
-        first = str(getattr(exc, "message", exc)).strip().splitlines()[0]
-        raise PnocError(
-            f"{model}: cannot load the model from {tracking.tracking_uri()} ({first})"
-        ) from None
-    for path in images:
-        image = read_image(path)
-        try:
-            pred = pyfunc.predict(pd.DataFrame({"image": [image]}))
-        except mlflow.exceptions.MlflowException as exc:
-            raise PnocError(f"{path}: {exc.message}") from None
-        mask = np.asarray(pred["mask"][0], dtype=np.uint8)
-        write_mask_png(out / f"{path.stem}_mask.png", mask)
-        blend = (1 - alpha) * image.astype(np.float32) + alpha * colorize(mask).astype(np.float32)
-        with atomic_path(out / f"{path.stem}_overlay.png") as tmp:
-            Image.fromarray(blend.round().clip(0, 255).astype(np.uint8)).save(tmp, format="PNG")
-        typer.echo(f"{path}: {out / (path.stem + '_mask.png')}, classes {np.unique(mask).tolist()}")
+    with load_verified(model) as pyfunc:
+        names = pyfunc.get_raw_model().class_names
+        for path in images:
+            image = read_image(path)
+            try:
+                pred = pyfunc.predict(pd.DataFrame({"image": [image]}))
+            except mlflow.exceptions.MlflowException as exc:
+                raise PnocError(f"{path}: {exc.message}") from None
+            mask = np.asarray(pred["mask"][0], dtype=np.uint8)
+            write_mask_png(out / f"{path.stem}_mask.png", mask)
+            blend = (1 - alpha) * image.astype(np.float32)
+            blend += alpha * colorize(mask).astype(np.float32)
+            with atomic_path(out / f"{path.stem}_overlay.png") as tmp:
+                Image.fromarray(blend.round().clip(0, 255).astype(np.uint8)).save(tmp, format="PNG")
+            found = [names[i] if names else str(i) for i in np.unique(mask).tolist()]
+            typer.echo(f"{path}: {out / (path.stem + '_mask.png')}, classes {', '.join(found)}")
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="model URI [default: the registered champion]"),
+    ] = None,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 5001,
+    workers: Annotated[int, typer.Option(help="server processes")] = 1,
+    max_side: Annotated[
+        int | None, typer.Option(help="longest side the network sees (larger images are scaled)")
+    ] = None,
+    max_pixels: Annotated[int | None, typer.Option(help="largest image, in pixels")] = None,
+    max_request_pixels: Annotated[
+        int | None, typer.Option(help="most pixels over all images of a request")
+    ] = None,
+    max_body_bytes: Annotated[int | None, typer.Option(help="largest request body")] = None,
+    max_concurrent: Annotated[
+        int | None, typer.Option(help="requests processed at once (others wait)")
+    ] = None,
+    timeout: Annotated[float | None, typer.Option(help="seconds a request may take")] = None,
+) -> None:
+    """Serve a registered segmenter over HTTP (MLflow's scoring protocol) after checking that
+    its checkpoint is the one registered; bounded per request (docs/serving.md)."""
+    import dataclasses
+
+    import mlflow
+
+    from pnoc.serving import ServingLimits
+    from pnoc_pipelines import tracking
+    from pnoc_pipelines.serving import serve as run_server
+
+    given = {
+        "max_side": max_side,
+        "max_pixels": max_pixels,
+        "max_request_pixels": max_request_pixels,
+        "max_body_bytes": max_body_bytes,
+        "max_concurrent": max_concurrent,
+        "timeout_s": timeout,
+    }
+    limits = dataclasses.replace(
+        ServingLimits.from_env(), **{k: v for k, v in given.items() if v is not None}
+    )
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    run_server(model or _default_model(), host=host, port=port, workers=workers, limits=limits)
 
 
 @app.command("check-params")

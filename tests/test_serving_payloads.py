@@ -16,6 +16,7 @@ from pnoc.errors import PnocError
 from pnoc.serving import (
     PayloadError,
     Segmenter,
+    ServingLimits,
     as_image_array,
     decide,
     decode_image,
@@ -123,12 +124,12 @@ def test_declared_size_over_the_limit_is_refused_before_decoding(size):
     assert "image" in str(exc.value)
 
 
-def test_byte_limit(rgb, monkeypatch):
-    monkeypatch.setattr(serving, "MAX_BYTES", 50)
+def test_byte_limit(rgb):
+    limits = serving.ServingLimits(max_bytes=50)
     with pytest.raises(PayloadError, match="limit of 50"):
-        decode_image_bytes(_encode(rgb))
+        decode_image_bytes(_encode(rgb), limits=limits)
     with pytest.raises(PayloadError, match="limit of 50"):
-        decode_image_bytes(encode_image_b64(rgb))
+        decode_image_bytes(encode_image_b64(rgb), limits=limits)
 
 
 def test_arrays(rgb):
@@ -158,10 +159,9 @@ def test_bad_arrays_are_named(value, message):
     assert str(exc.value).startswith("image[1]: ")
 
 
-def test_pixel_limit_on_arrays(monkeypatch):
-    monkeypatch.setattr(serving, "MAX_PIXELS", 10)
+def test_pixel_limit_on_arrays():
     with pytest.raises(PayloadError, match="4×4 pixels, more than the limit of 10"):
-        as_image_array(np.zeros((4, 4, 3), np.uint8))
+        as_image_array(np.zeros((4, 4, 3), np.uint8), limits=serving.ServingLimits(max_pixels=10))
 
 
 def test_decode_image_dispatches(rgb):
@@ -171,12 +171,11 @@ def test_decode_image_dispatches(rgb):
         decode_image(None)
 
 
-def test_batch_limits(monkeypatch):
+def test_batch_limits():
     with pytest.raises(PayloadError, match="no images"):
         serving.check_batch_size(0)
-    monkeypatch.setattr(serving, "MAX_IMAGES", 2)
     with pytest.raises(PayloadError, match="3 images in one request; the limit is 2"):
-        serving.check_batch_size(3)
+        serving.check_batch_size(3, serving.ServingLimits(max_images=2))
 
 
 # -- segmenter ---------------------------------------------------------------------------
@@ -198,12 +197,79 @@ def test_segmenter_masks_at_input_size(tiny_checkpoint, rgb):
     seg = Segmenter.from_checkpoint(tiny_checkpoint, scales=[1.0, 0.5], flip=True)
     assert seg.class_names == ["background", "a", "b"] and seg.num_classes == 3
     small = rgb[:9, :11]
-    masks = seg.predict([rgb, small])
+    results = seg.predict([rgb, small])
+    masks = [m for m, _ in results]
     assert [m.shape for m in masks] == [(12, 17), (9, 11)]
-    assert all(m.dtype == np.uint8 and m.max() < 3 for m in masks)
-    (mask, probs), _ = seg.predict_with_probs([rgb, small])
+    assert all(m.dtype == np.uint8 and m.max() < 3 and p is None for m, p in results)
+    (mask, probs), _ = seg.predict([rgb, small], with_probs=True)
     assert probs.shape == (3, 12, 17) and np.allclose(probs.sum(0), 1, atol=1e-4)
     assert np.array_equal(mask, masks[0])
+
+
+def test_large_images_are_segmented_at_the_working_side(tiny_checkpoint):
+    """An image over max_side gives the mask of its downscaled copy, scaled back to its size."""
+    import torch.nn.functional as F
+
+    from pnoc.serving.segmenter import _resize
+
+    big = np.random.default_rng(1).integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    seg = Segmenter.from_checkpoint(tiny_checkpoint, flip=False, limits=ServingLimits(max_side=60))
+    [(mask, _)] = seg.predict([big])
+    assert mask.shape == (300, 200)
+    small = _resize(big, 60 / 300)
+    assert small.shape == (60, 40, 3)
+    full = Segmenter.from_checkpoint(tiny_checkpoint, flip=False)
+    [(_, probs)] = full.predict([small], with_probs=True)
+    import torch
+
+    expected = F.interpolate(torch.as_tensor(probs)[None], (300, 200), mode="bilinear")[0]
+    assert np.array_equal(mask, expected.argmax(0).numpy())
+    with pytest.raises(PayloadError, match="probabilities are returned for images of at most 60"):
+        seg.predict([big], with_probs=True)
+
+
+def test_segmenter_stops_at_its_deadline_and_when_busy(tiny_checkpoint, rgb):
+    import threading
+
+    from pnoc.serving import RequestTimeout, ServerBusy
+
+    seg = Segmenter.from_checkpoint(
+        tiny_checkpoint, limits=ServingLimits(timeout_s=0.05, max_concurrent=1)
+    )
+    with pytest.raises(RequestTimeout, match=r"longer than 0.05 s; \d+ of 400 images"):
+        seg.predict([rgb] * 400)
+    seg._slots.acquire()  # another request holds the only slot
+    try:
+        with pytest.raises(ServerBusy, match="1 request"):
+            seg.predict([rgb])
+    finally:
+        seg._slots.release()
+    done = []
+    threading.Thread(target=lambda: done.append(seg.predict([rgb]))).start()
+    for _ in range(200):
+        if done:
+            break
+        threading.Event().wait(0.01)
+    assert done and done[0][0][0].shape == (12, 17)
+
+
+def test_request_pixels_are_bounded_before_decoding(rgb):
+    limits = ServingLimits(max_request_pixels=300)
+    refs = [serving.peek_image(encode_image_b64(rgb), limits=limits) for _ in range(2)]
+    assert [r.pixels for r in refs] == [204, 204] and all(r.array is None for r in refs)
+    with pytest.raises(PayloadError, match="2 images of 408 pixels in all, more than the limit"):
+        serving.check_request(refs, limits)
+
+
+def test_limits_from_the_environment():
+    limits = ServingLimits.from_env({"PNOC_SERVE_MAX_SIDE": "64", "PNOC_SERVE_TIMEOUT_S": "2.5"})
+    assert limits.max_side == 64 and limits.timeout_s == 2.5
+    assert ServingLimits.from_env({"MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": "7"}).timeout_s == 7
+    assert ServingLimits.from_env(limits.as_env()) == limits
+    with pytest.raises(PnocError, match=r"PNOC_SERVE_MAX_SIDE='big': expected an int"):
+        ServingLimits.from_env({"PNOC_SERVE_MAX_SIDE": "big"})
+    with pytest.raises(PnocError, match="max_concurrent: expected > 0, got 0"):
+        ServingLimits(max_concurrent=0)
 
 
 def test_segmenter_refuses_bad_class_names(tmp_path):

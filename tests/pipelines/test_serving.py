@@ -103,8 +103,8 @@ def test_parsing_errors_name_the_row():
         serving.images_from_input(pd.DataFrame({"img": ["x"]}))
 
 
-def test_rejected_input_keeps_its_message():
-    err = serving.RejectedInput("image[0]: bad")
+def test_kept_message_keeps_its_message():
+    err = serving.KeptMessage("image[0]: bad")
     err.message = f"Failed to predict data '{pd.DataFrame({'image': ['x']})}'. \nError: x"
     assert err.message == "image[0]: bad" and err.get_http_status_code() == 400
     assert '"message": "image[0]: bad"' in err.serialize_as_json()
@@ -143,8 +143,8 @@ def test_scoring_server_takes_both_payloads_and_refuses_bad_ones(store):
     env = dict(os.environ, MLFLOW_TRACKING_URI=store)
     png = image(24, 40)
     arr = image(16, 20)
-    with serving.scoring_server(f"models:/{NAME}@champion", env=env) as url:
-        inv = url + "/invocations"
+    with serving.scoring_server(f"models:/{NAME}@champion", env=env) as server:
+        inv = server.url + "/invocations"
         df = {"dataframe_split": {"columns": ["image"], "data": [[encode_image_b64(png)]]}}
         status, body = serving.post_json(inv, df)
         assert status == 200, body
@@ -174,7 +174,7 @@ def test_scoring_server_takes_both_payloads_and_refuses_bad_ones(store):
                         "data": [[png_declaring(10**5, 10**5)]],
                     }
                 },
-                "image[0]: declared size over the limit",
+                "image[0]: declared size",
             ),
             "out of range": ({"inputs": [[[0, 300, 0]]]}, "image: values range over 0..300"),
         }
@@ -232,5 +232,7 @@ def test_pnoc_predict_errors(champion, store, tmp_path, monkeypatch, capsys):
         str(tmp_path / "a.png"), "--out", str(tmp_path),
     )  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 1 and err.startswith("error: models:/no-such-model@champion: cannot load")
+    assert code == 1 and err.startswith(
+        "error: models:/no-such-model@champion: not found in the registry"
+    )
     assert "Traceback" not in err
