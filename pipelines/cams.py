@@ -1,29 +1,42 @@
 """Stage ``cams``: multi-scale + flip CAMs for every split, and their threshold-sweep mIoU.
 
-Outputs ``outputs/cams/<id>.npz`` (present classes only, float16), ``metrics/cams.json`` (best
-background threshold and mIoU on ``cams.eval_split``, plus the train split as WSSS papers
-report), ``plots/cams_threshold.csv`` and an overlay grid.
+Outputs ``outputs/cams/<id>.npz`` (present classes only, float16); ``metrics/cams.json``: every
+split's best mIoU (the train split's is what WSSS papers report) and the best background
+threshold on ``cams.eval_split``; ``reports/cams_details.json``: per split the
+best threshold, its mIoU and per-class IoU; ``plots/cams_threshold/<split>.csv``: mIoU at every
+threshold, one file per split (dvc.yaml's ``cams_threshold`` plot draws them as one line each);
+and an overlay grid.
 """
 
 from __future__ import annotations
-
-import csv
-import io
 
 import mlflow
 
 from pnoc.cam.inference import cam_overlay_grid, load_cam_model, load_cam_npz
 from pnoc.data.factory import open_dataset
-from pnoc.io import atomic_path, write_json, write_text
+from pnoc.io import atomic_path, write_csv, write_json
+from pnoc.metrics import ThresholdSweep
 from pnoc.steps import cams
 from pnoc_pipelines import paths
 from pnoc_pipelines.common import main, stage
-from pnoc_pipelines.tracking import log_artifacts
+from pnoc_pipelines.tracking import log_artifacts, log_headline, log_pictures
+
+
+def headline(sweeps: dict[str, ThresholdSweep], eval_split: str) -> dict:
+    """``metrics/cams.json``: each split's best mIoU under the split's name (``train.miou``,
+    ``val.miou``: no other metrics file uses these keys, so `dvc exp show` names them so too),
+    and the evaluation split with its best background threshold."""
+    return {
+        "split": eval_split,
+        "threshold": sweeps[eval_split].best_threshold,
+        **{split: {"miou": sweep.to_dict()["miou"]} for split, sweep in sweeps.items()},
+    }
 
 
 def run() -> None:
     with stage("cams") as ctx:
         p = ctx.params
+        eval_split = p.cams.eval_split
         runtime = ctx.runtime()
         model = load_cam_model(paths.CAM_MODEL, runtime.torch_device)
         datasets = {split: open_dataset(p.data, split) for split in p.cams.splits}
@@ -37,25 +50,32 @@ def run() -> None:
                 flip=p.cams.flip,
                 thresholds=p.cams.thresholds.values(),
             )
-        report: dict = {}
-        rows = []
-        for split, sweep in sweeps.items():
+        details = {
+            "eval_split": eval_split,
+            **{s: sweep.to_dict(datasets[s].class_names) for s, sweep in sweeps.items()},
+        }
+        write_json(paths.CAMS_METRICS, headline(sweeps, eval_split))
+        write_json(paths.CAMS_REPORT, details)
+        with atomic_path(paths.CAMS_CURVES) as tmp:
+            for split, sweep in sweeps.items():
+                write_csv(tmp / f"{split}.csv", sweep.to_rows())
+        for split in sweeps:
             print(f"wrote CAMs of {len(datasets[split])} {split} images")
-            report[split] = sweep.to_dict(datasets[split].class_names)
-            mlflow.log_metrics(
-                {f"{split}.miou": sweep.best_miou, f"{split}.best_threshold": sweep.best_threshold}
-            )
-            rows += [{"split": split, **r} for r in sweep.to_rows()]
-        report["miou"] = report[p.cams.eval_split]["miou"]
-        report["best_threshold"] = report[p.cams.eval_split]["best_threshold"]
-        write_json(paths.CAMS_METRICS, report)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["split", "threshold", "miou"])
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text(paths.CAMS_CURVE, buf.getvalue())
+        log_headline(
+            {f"cam_miou_{s}": details[s]["miou"] for s in sweeps}
+            | {f"cam_threshold_{eval_split}": details[eval_split]["best_threshold"]}
+        )
+        mlflow.log_metrics(
+            {f"cam_threshold_{s}": details[s]["best_threshold"] for s in sweeps if s != eval_split}
+            | {
+                f"cam_iou_{s}/{name}": iou
+                for s in sweeps
+                for name, iou in details[s]["iou"].items()
+                if iou is not None
+            }
+        )
 
-        shown = datasets[p.cams.eval_split]
+        shown = datasets[eval_split]
         images, maps, classes = [], [], []
         for image_id in shown.ids[:6]:
             record, cls = load_cam_npz(paths.CAMS / f"{image_id}.npz")
@@ -63,8 +83,9 @@ def run() -> None:
             maps.append(record.astype("float32"))
             classes.append(cls)
         cam_overlay_grid(images, maps, classes, shown.class_names, paths.CAMS_PLOT)
-        log_artifacts(paths.CAMS_METRICS, paths.CAMS_CURVE, paths.CAMS_PLOT)
-        print(f"CAM mIoU ({p.cams.eval_split}): {report.get('miou')}")
+        log_artifacts(paths.CAMS_METRICS, paths.CAMS_REPORT)
+        log_pictures(paths.CAMS_PLOT)
+        print(f"CAM mIoU ({eval_split}): {details[eval_split]['miou']}")
 
 
 if __name__ == "__main__":

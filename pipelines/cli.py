@@ -87,13 +87,16 @@ def repro(
     """Run `dvc repro` as one pipeline execution: a parent MLflow run with a child per stage."""
     from mlflow.tracking import MlflowClient
 
+    from pnoc.config import flatten
     from pnoc_pipelines import tracking
     from pnoc_pipelines.common import load_params
 
-    load_params()  # fail on bad params before anything starts
+    params = load_params()  # fail on bad params before anything starts
     experiment_id = tracking.configure()
     key = f"repro-{uuid.uuid4().hex[:12]}"
-    parent = tracking.find_or_create_pipeline_run(key, experiment_id, run_name="dvc repro")
+    parent = tracking.find_or_create_pipeline_run(
+        key, experiment_id, run_name="dvc repro", params=flatten(params)
+    )
     env = _env_with_venv() | {tracking.PIPELINE_ENV: key}
     cmd = [sys.executable, "-m", "dvc", "repro", *(["--force"] if force else []), *(targets or [])]
     code = subprocess.call(cmd, env=env)
@@ -103,9 +106,9 @@ def repro(
     typer.echo("\nMetrics:\n" + _metrics_table())
     typer.echo("\nSummary (mIoU in %):\n" + summary_table())
     typer.echo(
-        f"\nMLflow: run `{Path(sys.executable).parent / 'mlflow'} ui "
-        f"--backend-store-uri {tracking.tracking_uri()}` and open http://127.0.0.1:5000 "
-        f"(pipeline run {parent})"
+        f"\nMLflow: start the UI with `{Path(sys.executable).parent / 'mlflow'} ui "
+        f"--backend-store-uri {tracking.tracking_uri()}`, then open this run at\n"
+        f"  http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{parent}"
     )
 
 
@@ -124,6 +127,23 @@ def ablate_cams_cmd(
 
     report = run(methods or ["vanilla", "poc", "pnoc"], seeds or [0, 1], params, settings)
     typer.echo(format_table(report))
+
+
+def _project_store() -> str:
+    """The tracking URI for commands that read a registered model: a SQLite store that does not
+    exist is an error (run outside the project, it would be created empty)."""
+    from pnoc.errors import PnocError
+    from pnoc_pipelines import tracking
+    from pnoc_pipelines.store import sqlite_path
+
+    uri = tracking.tracking_uri()
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise PnocError(
+            f"{db}: no MLflow store here; run from the project folder (the one with dvc.yaml, "
+            "after `make run`) or set MLFLOW_TRACKING_URI"
+        )
+    return uri
 
 
 def _default_model() -> str:
@@ -153,7 +173,6 @@ def predict(
     from pnoc.errors import PnocError
     from pnoc.io import atomic_path
     from pnoc.viz import colorize
-    from pnoc_pipelines import tracking
     from pnoc_pipelines.serving import load_verified
 
     for path in images:
@@ -163,7 +182,7 @@ def predict(
     if len(set(stems)) != len(stems):
         raise PnocError(f"two images share a file name stem; outputs would collide: {stems}")
     model = model or _default_model()
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    mlflow.set_tracking_uri(_project_store())
     with load_verified(model) as pyfunc:
         names = pyfunc.get_raw_model().class_names
         for path in images:
@@ -211,7 +230,6 @@ def serve(
     import mlflow
 
     from pnoc.serving import ServingLimits
-    from pnoc_pipelines import tracking
     from pnoc_pipelines.serving import serve as run_server
 
     given = {
@@ -225,8 +243,21 @@ def serve(
     limits = dataclasses.replace(
         ServingLimits.from_env(), **{k: v for k, v in given.items() if v is not None}
     )
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    mlflow.set_tracking_uri(_project_store())
     run_server(model or _default_model(), host=host, port=port, workers=workers, limits=limits)
+
+
+@app.command()
+def overview(
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write")] = Path(
+        "plots/overview.png"
+    ),
+    count: Annotated[int, typer.Option(help="images (rows)")] = 4,
+) -> None:
+    """One picture of a finished run: image | CAM | saliency | pseudo-mask | prediction."""
+    from pnoc_pipelines.overview import run
+
+    typer.echo(f"wrote {run(out, count)}")
 
 
 @app.command("check-params")

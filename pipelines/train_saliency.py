@@ -1,7 +1,8 @@
 """Stage ``train_saliency``: C²AM-H, CCAM's fg/bg bi-partition trained with the CAMs as hints.
 
 Output ``models/ccam.pt``; its ``inverted`` flag (the bi-partition's orientation, fixed with the
-hints after training) travels inside the checkpoint.
+hints after training) travels inside the checkpoint. ``plots/train_saliency_history.csv``: the
+per-epoch means of the training metrics.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from dataclasses import asdict
 import mlflow
 
 from pnoc.data.factory import open_dataset
+from pnoc.io import write_csv
 from pnoc.models.backbones import save_model
 from pnoc.steps import train_saliency
+from pnoc.steps.training import history_rows
 from pnoc_pipelines import paths
 from pnoc_pipelines.common import main, stage
 
@@ -32,6 +35,7 @@ def run() -> None:
         save_model(
             paths.CCAM_MODEL, trained.model, {"stage": "train_saliency", "orientation": check}
         )
+        write_csv(paths.CCAM_HISTORY, history_rows(trained.result))
         mlflow.log_metrics(
             {
                 "orientation.fg_mean": check["fg_mean"],

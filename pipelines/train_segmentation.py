@@ -1,6 +1,7 @@
 """Stage ``train_segmentation``: DeepLabV3+ trained on the pseudo-masks.
 
-Output ``models/deeplab.pt`` (its meta records the class names, which serving returns).
+Outputs ``models/deeplab.pt`` (its meta records the class names, which serving returns) and
+``plots/train_segmentation_history.csv`` (per-epoch means of the training metrics).
 """
 
 from __future__ import annotations
@@ -8,8 +9,10 @@ from __future__ import annotations
 import mlflow
 
 from pnoc.data.factory import open_dataset
+from pnoc.io import write_csv
 from pnoc.models.backbones import save_model
 from pnoc.steps import train_segmentation
+from pnoc.steps.training import history_rows
 from pnoc_pipelines import paths
 from pnoc_pipelines.common import main, stage
 
@@ -27,6 +30,7 @@ def run() -> None:
         )
         meta = {"stage": "train_segmentation", "class_names": train.class_names}
         save_model(paths.DEEPLAB_MODEL, trained.model, meta)
+        write_csv(paths.DEEPLAB_HISTORY, history_rows(trained.result))
         mlflow.log_param("checkpoint", str(paths.DEEPLAB_MODEL))
         print(f"trained DeepLabV3+ in {trained.result.seconds:.0f}s -> {paths.DEEPLAB_MODEL}")
 

@@ -52,6 +52,35 @@ def test_missing_real_dataset_folder(tmp_path: Path):
     assert parse_params({"data": {"name": "voc", "root": str(missing)}}).data.root == missing
 
 
+def test_missing_root_error_names_the_key_and_path_only(tmp_path: Path):
+    missing = tmp_path / "VOC2012"
+    with pytest.raises(ConfigError) as err:
+        parse_params({"data": {"name": "voc", "root": str(missing)}}, source="params.yaml")
+    msg = str(err.value)
+    assert msg.startswith(f"params.yaml: data.root: dataset folder '{missing}' does not exist")
+    assert "\n" not in msg  # one problem, one line
+    assert "synthetic" not in msg and "image_size" not in msg  # not the whole section
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            {"cams": {"thresholds": {"start": 0.9, "stop": 0.1}}},
+            "params.yaml: cams.thresholds: expected start <= stop, got start=0.9, stop=0.1",
+        ),
+        (
+            {"cams": {"eval_split": "x"}},
+            "params.yaml: cams.eval_split: 'x' must be one of cams.splits ['train', 'val']",
+        ),
+    ],
+)
+def test_section_checks_name_the_full_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        parse_params(override)
+    assert str(err.value) == message
+
+
 def test_synthetic_root_is_fixed():
     with pytest.raises(ConfigError, match="data/synthetic"):
         parse_params({"data": {"root": "elsewhere"}})

@@ -94,7 +94,7 @@ class DataParams(Section):
         if self.name != "synthetic" and not self.root.is_dir():
             raise ValueError(
                 f"data.root: dataset folder '{self.root}' does not exist "
-                f"(expected a {self.name} folder; see README 'Real data')"
+                f"(expected a {self.name} folder; see docs/real-data.md)"
             )
         return self
 
@@ -296,11 +296,30 @@ def _format_error(err: dict[str, Any]) -> str:
         return f"{key}: unknown key (check the spelling; see params.yaml for the known keys)"
     if err["type"] == "missing":
         return f"{key}: required key is missing"
+    if isinstance(err.get("input"), dict):
+        return _section_error(key, msg)
     return f"{key}: {msg} (got {err.get('input')!r})" if key else msg
 
 
+def _section_error(key: str, msg: str) -> str:
+    """A check across a section's keys: its message starts with the key at fault (``root: ...``
+    or ``data.root: ...``), which is completed to the full dotted key; the section's values are
+    not repeated (the message states the ones that matter)."""
+    head, sep, rest = msg.partition(": ")
+    if not sep or not head.replace(".", "").replace("_", "").isalnum():
+        return f"{key}: {msg}" if key else msg
+    if not key or head == key or head.startswith(key + "."):
+        full = head
+    elif key.endswith("." + head):
+        full = key
+    else:
+        full = f"{key}.{head}"
+    return f"{full}: {rest}"
+
+
 def parse_params(raw: dict[str, Any] | None, source: str = "params.yaml") -> Params:
-    """Validate a params mapping; raise ConfigError naming every bad key and its allowed range."""
+    """Validate a params mapping; raise ConfigError naming every bad key and its allowed range
+    (one line for one problem, else one line per problem below the source)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -309,6 +328,8 @@ def parse_params(raw: dict[str, Any] | None, source: str = "params.yaml") -> Par
         return Params.model_validate(raw)
     except ValidationError as exc:
         lines = [_format_error(e) for e in exc.errors()]
+        if len(lines) == 1:
+            raise ConfigError(f"{source}: {lines[0]}") from None
         raise ConfigError(f"{source}: invalid parameters:\n  " + "\n  ".join(lines)) from None
 
 

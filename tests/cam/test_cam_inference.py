@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pnoc.cam.inference import (
+    cam_overlay_figure,
     cam_overlay_grid,
     cams_to_mask,
     cams_to_record,
@@ -17,6 +18,7 @@ from pnoc.cam.inference import (
 )
 from pnoc.errors import DatasetError
 from pnoc.models.cam import CAMNet
+from pnoc.viz import PANEL
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +99,14 @@ def test_overlay_grid(tmp_path) -> None:
     images = [np.zeros((20, 30, 3), np.uint8), np.full((10, 10, 3), 200, np.uint8)]
     cams = [np.random.rand(2, 20, 30).astype(np.float16), np.random.rand(1, 10, 10)]
     classes = [np.array([1, 2]), np.array([2])]
+    names = ["background", "cat", "dog"]
+    fig = cam_overlay_figure(images, cams, classes, names)
+    assert [t.get_text() for t in fig.texts][1:] == ["image", "CAM", "CAM"]
+    assert [ax.get_title() for ax in fig.axes] == ["", "cat", "dog", "", "dog", ""]
+    assert fig.axes[-1].get_ylabel().startswith("CAM activation")  # the colour bar
     path = tmp_path / "overlay.png"
-    cam_overlay_grid(images, cams, classes, ["background", "cat", "dog"], path)
+    cam_overlay_grid(images, cams, classes, names, path)
+    width, height = (fig.get_size_inches() * fig.dpi).round().astype(int)
     with Image.open(path) as im:
-        assert im.size == (3 * 30, 2 * 20)
+        assert im.size == (width, height)
+    assert width >= 3 * PANEL and height >= 2 * PANEL * 20 / 30

@@ -11,7 +11,7 @@ from pnoc.data import synthetic, synthetic_scene, synthetic_shapes
 from pnoc.data.synthetic import CLASS_NAMES, generate_synthetic, render_scene
 from pnoc.data.voc import VOCDataset
 from pnoc.errors import ConfigError
-from pnoc.viz import sample_grid
+from pnoc.viz import sample_grid, sample_grid_figure
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -214,9 +214,15 @@ def test_bad_arguments(tmp_path: Path, kwargs: dict) -> None:
 def test_sample_grid(synthetic_root: Path, tmp_path: Path) -> None:
     ds = VOCDataset(synthetic_root, "train")
     out = tmp_path / "grid.png"
-    sample_grid([ds[i] for i in range(6)], ds.class_names, out, cols=4, tile=64)
+    samples = [ds[i] for i in range(6)]
+    sample_grid(samples, ds.class_names, out, cols=4, tile=64)
+    fig = sample_grid_figure(samples, ds.class_names, cols=4, tile=64)
+    width, height = (fig.get_size_inches() * fig.dpi).round().astype(int)
     with Image.open(out) as im:
-        assert im.size == (4 * 64, 2 * 64)
+        assert im.size == (width, height)
+    assert width >= 4 * 64 and height >= 2 * 64
+    (legend,) = fig.legends
+    assert {t.get_text() for t in legend.get_texts()} <= {*ds.class_names[1:], "ignore"}
     assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
 
 

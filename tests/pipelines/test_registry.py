@@ -125,7 +125,9 @@ def test_register_stage_writes_the_decision(stage_dir, capsys):
     assert tags["pnoc.pipeline_run_id"] == stage_run.data.tags["mlflow.parentRunId"]
     assert stage_run.data.params["register.metric"] == "miou"
     assert stage_run.data.params["segmentation.tta_flip"] == "True"
-    assert stage_run.data.metrics["miou"] == 0.42
+    assert stage_run.data.metrics["registered_miou"] == 0.42
+    assert stage_run.data.metrics["registered_version"] == 1.0
+    assert stage_run.data.metrics["registered_promoted"] == 1.0
     info = mlflow.models.get_model_info(f"models:/{NAME}@champion")
     assert info.signature is not None and info.saved_input_example_info is not None
 

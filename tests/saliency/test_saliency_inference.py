@@ -17,10 +17,12 @@ from pnoc.saliency.inference import (
     orientation_means,
     predict_saliency,
     saliency_confusion,
+    saliency_overlay_figure,
     saliency_overlay_grid,
     saliency_sweep_confusion,
     save_saliency_png,
 )
+from pnoc.viz import PANEL
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +85,17 @@ def test_confusion_counts() -> None:
 def test_overlay_grid(tmp_path: Path) -> None:
     images = [np.zeros((8, 10, 3), np.uint8), np.full((16, 20, 3), 200, np.uint8)]
     sals = [np.random.default_rng(0).random((8, 10)), np.ones((16, 20))]
+    fig = saliency_overlay_figure(images, sals)
+    title, *columns = [t.get_text() for t in fig.texts]
+    assert "saliency" in title
+    assert columns == ["image", "saliency overlay", "saliency map"]
+    assert fig.axes[-1].get_ylabel().startswith("saliency")  # the colour bar
     path = tmp_path / "grid.png"
     saliency_overlay_grid(images, sals, path)
+    width, height = (fig.get_size_inches() * fig.dpi).round().astype(int)
     with Image.open(path) as im:
-        assert im.size == (30, 16)
+        assert im.size == (width, height)
+    assert width >= 3 * PANEL and height >= 2 * PANEL * 8 / 10
 
 
 def test_sweep_confusion_equals_one_threshold_at_a_time() -> None:

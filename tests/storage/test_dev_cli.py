@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -61,6 +62,7 @@ def test_pnoc_dev_s3_serves_buckets_and_prints_setup(tmp_path: Path):
         assert "--artifacts-destination s3://team-mlflow/artifacts" in out
         # generated keys, kept in DIR/s3.json for the next start
         assert env["AWS_SECRET_ACCESS_KEY"] in (data / "s3.json").read_text()
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700  # objects and keys: the owner's only
 
         # the printed credentials work and the buckets are there
         s3 = boto3.session.Session().client(

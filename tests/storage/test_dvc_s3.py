@@ -56,13 +56,16 @@ def remote_keys(server, prefix: str) -> list[str]:
     return keys
 
 
+# the ``cache: false`` outputs of the stages `dvc_source` ran
+UNCACHED = ("metrics/dataset.json", "reports/dataset_details.json", "plots/train_oc_history.csv")
+
+
 def cache_files(root: Path) -> set[str]:
     """The objects `dvc push` sends: the local cache's ``files/md5/ab/cdef…``, less the run
-    cache and the copy of the uncached metrics file (``cache: false`` outputs stay local)."""
+    cache and the copies of the uncached outputs (``cache: false`` outputs stay local)."""
     cache = root / ".dvc" / "cache"
-    metrics = hashlib.md5((root / "metrics" / "dataset.json").read_bytes()).hexdigest()
     objects = {p.relative_to(cache).as_posix() for p in (cache / "files").rglob("*") if p.is_file()}
-    return objects - {f"files/md5/{metrics[:2]}/{metrics[2:]}"}
+    return objects - {md5_key(root / out) for out in UNCACHED}
 
 
 def md5_key(path: Path) -> str:
@@ -72,7 +75,7 @@ def md5_key(path: Path) -> str:
 
 
 # the stages `dvc_source` ran; the others have no outputs to pull yet
-STAGES = ("generate", "prepare", "train_oc")
+STAGES = ("check_params", "generate", "prepare", "train_oc")
 
 
 def add_remote(project, url: str, endpoint: str) -> None:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from pnoc.cam.inference import (
     cams_to_record,
@@ -17,6 +16,7 @@ from pnoc.cam.inference import (
     save_cam_npz,
 )
 from pnoc.data.transforms import eval_transform
+from pnoc.engine.progress import track
 from pnoc.errors import DatasetError
 from pnoc.metrics import CamRecord, ThresholdSweep, cam_threshold_sweep
 from pnoc.models.cam import CAMNet
@@ -35,17 +35,20 @@ def export_cams(
     flip: bool = True,
     device: str = "cpu",
     progress: bool = True,
+    what: str = "cams",
 ) -> int:
     """Write one ``<id>.npz`` per image of ``dataset`` into ``out_dir``; return the count.
 
     Each file holds the image's present classes only (from its image-level labels), each map
-    normalised by its maximum, as float16 at the image's full resolution.
+    normalised by its maximum, as float16 at the image's full resolution. ``progress``: a bar
+    on a terminal; ``what`` names the loop in it and in the summary line logged at the end
+    (:func:`pnoc.engine.progress.track`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     transform = eval_transform()
     model = model.to(device).eval()
-    for i in tqdm(range(len(dataset)), desc="cams", disable=not progress, leave=False):
+    for i in track(range(len(dataset)), what, enabled=progress):
         sample = dataset.get(i, mask=False)
         image, _ = transform(sample.image, None, np.random.default_rng(0))
         x = torch.as_tensor(image).unsqueeze(0).to(device)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,10 @@ from torch import Tensor, nn
 from pnoc.errors import DatasetError, PnocError
 from pnoc.io import atomic_path
 from pnoc.models.cam import CAMNet
+from pnoc.viz import PANEL, Panel, class_label, grid_figure, overlay_heat, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DEFAULT_SCALES = (0.5, 1.0, 1.5, 2.0)
 EPS = 1e-5
@@ -182,6 +187,41 @@ def jet(values: np.ndarray) -> np.ndarray:
     return (rgb * 255.0 + 0.5).astype(np.uint8)
 
 
+def cam_overlay_figure(
+    images: Sequence[np.ndarray],
+    cams: Sequence[np.ndarray],
+    classes: Sequence[np.ndarray],
+    class_names: Sequence[str],
+    *,
+    alpha: float = 0.5,
+    panel: int = PANEL,
+) -> Figure:
+    """One row per image: the image, then one jet overlay per present class (see
+    :func:`cam_overlay_grid`)."""
+    if not (len(images) == len(cams) == len(classes)) or not images:
+        raise ValueError("cam_overlay_grid: images, cams and classes must be non-empty and align")
+    rows: list[list[Panel | None]] = []
+    for img, maps, cls in zip(images, cams, classes, strict=True):
+        base = np.asarray(img, dtype=np.uint8)
+        rows.append(
+            [Panel(base)]
+            + [
+                Panel(overlay_heat(base, m, alpha), caption=class_label(int(c), class_names))
+                for m, c in zip(maps, cls, strict=True)
+            ]
+        )
+    cols = max(len(r) for r in rows)
+    h, w = np.asarray(images[0]).shape[:2]
+    return grid_figure(
+        rows,
+        column_titles=["image"] + ["CAM"] * (cols - 1),
+        title="CAMs of each image's classes",
+        panel=panel,
+        aspect=h / w,
+        colorbar="CAM activation (max = 1)",
+    )
+
+
 def cam_overlay_grid(
     images: Sequence[np.ndarray],
     cams: Sequence[np.ndarray],
@@ -190,35 +230,19 @@ def cam_overlay_grid(
     path: str | Path,
     *,
     alpha: float = 0.5,
+    panel: int = PANEL,
 ) -> None:
     """Write a PNG grid: one row per image, the image then one jet overlay per present class.
 
     images: H×W×3 uint8 RGB; cams: (k, H, W) in [0, 1] (as stored); classes: (k,) 1-based;
-    class_names: indexed by class index, background first (as ``class_names.txt``).
-    Every panel is drawn at the first image's size. Written atomically.
+    class_names: indexed by class index, background first (as ``class_names.txt``). Columns
+    are titled (``image``, ``CAM``), each CAM captioned with its class name, and a colour bar
+    gives the activation scale. Panels are ``panel`` px on their longer side, shaped like the
+    first image. Written atomically.
     """
-    from PIL import Image, ImageDraw
-
-    if not (len(images) == len(cams) == len(classes)) or not images:
-        raise ValueError("cam_overlay_grid: images, cams and classes must be non-empty and align")
-    th, tw = images[0].shape[:2]
-    cols = 1 + max(len(c) for c in classes)
-    grid = Image.new("RGB", (cols * tw, len(images) * th), (255, 255, 255))
-    for row, (img, maps, cls) in enumerate(zip(images, cams, classes, strict=True)):
-        base = Image.fromarray(np.asarray(img, dtype=np.uint8)).convert("RGB").resize((tw, th))
-        grid.paste(base, (0, row * th))
-        base_np = np.asarray(base, dtype=np.float32)
-        for col, (m, c) in enumerate(zip(maps, cls, strict=True), start=1):
-            heat = Image.fromarray(jet(np.asarray(m, dtype=np.float32))).resize((tw, th))
-            mixed = (1 - alpha) * base_np + alpha * np.asarray(heat, dtype=np.float32)
-            panel = Image.fromarray(mixed.clip(0, 255).astype(np.uint8))
-            name = class_names[int(c)] if int(c) < len(class_names) else str(int(c))
-            draw = ImageDraw.Draw(panel)
-            draw.rectangle((0, 0, 6 * len(name) + 4, 12), fill=(0, 0, 0))
-            draw.text((2, 0), name, fill=(255, 255, 255))
-            grid.paste(panel, (col * tw, row * th))
-    with atomic_path(path) as tmp:
-        grid.save(tmp, format="PNG")
+    save_figure(
+        cam_overlay_figure(images, cams, classes, class_names, alpha=alpha, panel=panel), path
+    )
 
 
 def load_cam_model(path: str | Path, device: str | torch.device = "cpu") -> CAMNet:

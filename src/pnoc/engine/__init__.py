@@ -1,4 +1,5 @@
-"""One training loop for every stage: sampling, poly LR, AMP, checkpoint/resume, callbacks."""
+"""One training loop for every stage: sampling, poly LR, AMP, checkpoint/resume, callbacks,
+progress (:mod:`pnoc.engine.progress`)."""
 
 from pnoc.engine.checkpoint import (
     CheckpointConfig,

@@ -13,18 +13,21 @@ import dataclasses
 import os
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from pnoc.config import DEVICE_PATTERN, BaseParams
 from pnoc.engine.checkpoint import CheckpointConfig
+from pnoc.engine.progress import track
 from pnoc.errors import ConfigError
 
 __all__ = ["Runtime", "resolve_device", "seed_everything"]
+
+T = TypeVar("T")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -69,7 +72,8 @@ class Runtime:
     device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` or a ``torch.device``.
     amp: fp16 autocast + GradScaler on CUDA; ignored elsewhere.
     num_workers: DataLoader worker processes.
-    progress: progress bars (on a terminal).
+    progress: progress bars (on a terminal only; the progress lines of training and the
+        summary lines of :meth:`track` are logged either way: :mod:`pnoc.engine.progress`).
     checkpoint: where training saves and resumes; None disables both.
     callbacks: engine callbacks (:class:`pnoc.engine.Callback`), e.g. an MLflow logger or a
         sweep's epoch-end evaluation.
@@ -111,6 +115,14 @@ class Runtime:
     def replace(self, **changes: Any) -> Runtime:
         """A copy with ``changes`` applied (e.g. a step's own checkpoint or memory format)."""
         return dataclasses.replace(self, **changes)
+
+    def track(
+        self, items: Iterable[T], what: str, *, total: int | None = None, unit: str = "image"
+    ) -> Iterator[T]:
+        """Iterate the ``items`` of an inference loop: a bar on a terminal when
+        :attr:`progress`, one INFO summary line once the loop has run to its end
+        (:func:`pnoc.engine.progress.track`)."""
+        return track(items, what, total=total, enabled=self.progress, unit=unit)
 
     def seed_all(self) -> None:
         """Reseed the global generators with :attr:`seed` (start of every training step)."""

@@ -2,9 +2,10 @@
 
 Methods (CAM generators, C²AM-H, AffinityNet, DeepLabV3+) differ by their ``train_step`` and
 losses, never by a new loop. The loop owns: epochs and deterministic sampling, gradient
-accumulation, the poly LR of every optimizer, AMP, NaN/Inf guards, callbacks, a progress bar and
-checkpoint/resume that reproduces an uninterrupted run bit for bit on CPU. What a method sees of
-it is in :mod:`pnoc.engine.context`; how it runs (seed, device, …) is a
+accumulation, the poly LR of every optimizer, AMP, NaN/Inf guards, callbacks, progress (logged
+lines, plus a bar on a terminal: :mod:`pnoc.engine.progress`) and checkpoint/resume that
+reproduces an uninterrupted run bit for bit on CPU. What a method sees of it is in
+:mod:`pnoc.engine.context`; how it runs (seed, device, …) is a
 :class:`~pnoc.engine.runtime.Runtime`.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -29,6 +29,7 @@ from pnoc.engine.checkpoint import (
 )
 from pnoc.engine.context import FitResult, Method, TrainContext, TrainData
 from pnoc.engine.optim import PolyLR
+from pnoc.engine.progress import TrainingProgress
 from pnoc.engine.runtime import Runtime
 from pnoc.engine.sampling import make_loader, to_device
 from pnoc.errors import ConfigError
@@ -36,8 +37,6 @@ from pnoc.errors import ConfigError
 __all__ = ["TrainData", "fit"]
 
 log = logging.getLogger(__name__)
-
-_amp_cpu_logged = False
 
 
 def fit(
@@ -54,14 +53,15 @@ def fit(
         optimizers: named optimizers (e.g. from ``build_sgd``); each gets a :class:`PolyLR`
             (power 0.9) over the whole run and its own GradScaler.
         runtime: seed (sample order and augmentation seeds derive from ``(seed, epoch)``),
-            device, AMP (fp16 autocast + GradScaler on CUDA; a logged no-op elsewhere),
-            DataLoader workers, callbacks (called in order), progress bar (only when stderr is a
-            terminal), checkpoint (None: no saving, no resuming) and channels-last: the
-            modules' 4-D weights and the batches' 4-D floating tensors (images) in the
-            channels-last memory format. Convolutions of a ResNet run faster so on recent CPUs
-            (oneDNN) and on CUDA with AMP; depthwise or dilated networks may not: measure
-            (``benchmarks/bench_cam_step.py --channels-last``). The results are the same up to
-            float rounding. Default: ``Runtime()`` (seed 0, CPU).
+            device, AMP (fp16 autocast + GradScaler on CUDA; off elsewhere, as the start line
+            says), DataLoader workers, callbacks (called in order), progress bar (only when
+            stderr is a terminal; the progress lines are logged at INFO either way, see
+            :mod:`pnoc.engine.progress`), checkpoint (None: no saving, no resuming) and
+            channels-last: the modules' 4-D weights and the batches' 4-D floating tensors
+            (images) in the channels-last memory format. Convolutions of a ResNet run faster so
+            on recent CPUs (oneDNN) and on CUDA with AMP; depthwise or dilated networks may not:
+            measure (``benchmarks/bench_cam_step.py --channels-last``). The results are the
+            same up to float rounding. Default: ``Runtime()`` (seed 0, CPU).
 
     Batches are moved to the device (tensors inside dicts, lists, tuples and named tuples).
     On success the checkpoint file is deleted: the caller writes the final model.
@@ -148,11 +148,8 @@ class _Run:
             "optimizers": sorted(self.optimizers),
         }
 
-        global _amp_cpu_logged
         self.amp = runtime.amp and device.type == "cuda"
-        if runtime.amp and not self.amp and not _amp_cpu_logged:
-            log.info("amp=True has no effect on %s: training in float32", device.type)
-            _amp_cpu_logged = True
+        self.images_per_step = min(n, batch_size) * grad_accum
 
         self.schedulers = {
             k: PolyLR(o, max(self.total_steps, 1)) for k, o in self.optimizers.items()
@@ -194,16 +191,22 @@ class _Run:
             hook(self.ctx)
         resumed = self._try_resume()
 
-        bar = self._progress_bar()
+        progress = TrainingProgress(
+            epochs=self.epochs,
+            steps_per_epoch=self.steps_per_epoch,
+            images_per_step=self.images_per_step,
+            start_step=self.global_step,
+            enabled=self.runtime.progress,
+        )
+        progress.start(f"{self.device}, {self._precision()}")
         try:
             while self.epoch < self.epochs:
-                self._run_epoch(bar)
+                self._run_epoch(progress)
             with _keep_training_flags(self.modules):
                 for cb in self.callbacks:
                     cb.on_train_end(self.ctx)
         finally:
-            if bar is not None:
-                bar.close()
+            progress.close()
         if self.checkpoint is not None:
             self.checkpoint.path.unlink(missing_ok=True)
         return FitResult(
@@ -214,7 +217,14 @@ class _Run:
             seconds=time.perf_counter() - t0,
         )
 
-    def _run_epoch(self, bar: Any) -> None:
+    def _precision(self) -> str:
+        if self.amp:
+            return "fp16 autocast (AMP)"
+        if self.runtime.amp:  # params default to amp: true for GPUs; on a CPU it is simply off
+            return f"float32 (AMP applies to CUDA only, off on {self.device.type})"
+        return "float32"
+
+    def _run_epoch(self, progress: TrainingProgress) -> None:
         ctx = self.ctx
         ctx.epoch = self.epoch
         loader = make_loader(
@@ -252,11 +262,11 @@ class _Run:
             with _keep_training_flags(self.modules):
                 for cb in self.callbacks:
                     cb.on_step_end(ctx, metrics)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(
-                    {k: f"{v:.4g}" for k, v in list(metrics.items())[:4]}, refresh=False
-                )
+            progress.step(
+                self.epoch,
+                self.global_step,
+                {k: self.epoch_sums[k] / self.epoch_counts[k] for k in self.epoch_sums},
+            )
             last_of_epoch = step_in_epoch == self.steps_per_epoch - 1
             every = self.checkpoint.every_steps if self.checkpoint else 0
             if every and not last_of_epoch and self.global_step % every == 0:
@@ -265,6 +275,7 @@ class _Run:
 
         means = {k: self.epoch_sums[k] / self.epoch_counts[k] for k in self.epoch_sums}
         self.history.append(means)
+        progress.end_epoch(self.epoch, self.global_step, means)
         with _keep_training_flags(self.modules):
             for cb in self.callbacks:
                 cb.on_epoch_end(ctx, means)
@@ -273,19 +284,6 @@ class _Run:
         self.epoch_sums, self.epoch_counts = {}, {}
         if self.checkpoint is not None and self.epoch < self.epochs:
             self._save()
-
-    def _progress_bar(self) -> Any:
-        if not self.runtime.progress or not sys.stderr.isatty():
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(
-            total=self.total_steps,
-            initial=self.global_step,
-            unit="step",
-            dynamic_ncols=True,
-            leave=False,
-        )
 
     # -- checkpoints ---------------------------------------------------------------------------
 

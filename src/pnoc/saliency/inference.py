@@ -9,17 +9,21 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from pnoc.cam.inference import jet
 from pnoc.data.base import IGNORE_INDEX
 from pnoc.errors import DatasetError
-from pnoc.io import atomic_path, write_bytes
+from pnoc.io import write_bytes
 from pnoc.models.ccam import CCAMNet
 from pnoc.saliency.losses import DELTA_FG
+from pnoc.viz import PANEL, Panel, grid_figure, overlay_heat, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def predict_saliency(model: CCAMNet, image: Tensor, flip: bool = True) -> np.ndarray:
@@ -197,35 +201,49 @@ def saliency_sweep_confusion(
 # Overlays
 
 
+def saliency_overlay_figure(
+    images: Sequence[np.ndarray],
+    saliencies: Sequence[np.ndarray],
+    *,
+    alpha: float = 0.5,
+    panel: int = PANEL,
+) -> Figure:
+    """One row per image: the image, the saliency over it and the map (see
+    :func:`saliency_overlay_grid`)."""
+    if len(images) != len(saliencies) or not images:
+        raise ValueError("saliency_overlay_grid: images and saliencies must be non-empty and align")
+    rows: list[list[Panel | None]] = []
+    for img, sal in zip(images, saliencies, strict=True):
+        base = np.asarray(img, dtype=np.uint8)
+        s = np.clip(np.asarray(sal, dtype=np.float32), 0.0, 1.0)
+        gray = np.repeat(np.rint(s * 255.0).astype(np.uint8)[..., None], 3, axis=2)
+        rows.append([Panel(base), Panel(overlay_heat(base, s, alpha)), Panel(gray)])
+    h, w = np.asarray(images[0]).shape[:2]
+    return grid_figure(
+        rows,
+        column_titles=["image", "saliency overlay", "saliency map"],
+        title="saliency: probability of foreground (1 = red / white)",
+        panel=panel,
+        aspect=h / w,
+        colorbar="saliency (overlay colours)",
+    )
+
+
 def saliency_overlay_grid(
     images: Sequence[np.ndarray],
     saliencies: Sequence[np.ndarray],
     path: str | Path,
     *,
     alpha: float = 0.5,
+    panel: int = PANEL,
 ) -> None:
     """Write a PNG grid: one row per image with the image, a jet overlay and the gray map.
 
-    images: H×W×3 uint8 RGB; saliencies: (H, W) in [0, 1]. Every panel is drawn at the first
-    image's size. Written atomically.
+    images: H×W×3 uint8 RGB; saliencies: (H, W) in [0, 1]. The figure and its columns are
+    titled and a colour bar gives the overlay's scale. Panels are ``panel`` px on their longer
+    side, shaped like the first image. Written atomically.
     """
-    from PIL import Image
-
-    if len(images) != len(saliencies) or not images:
-        raise ValueError("saliency_overlay_grid: images and saliencies must be non-empty and align")
-    th, tw = images[0].shape[:2]
-    grid = Image.new("RGB", (3 * tw, len(images) * th), (255, 255, 255))
-    for row, (img, sal) in enumerate(zip(images, saliencies, strict=True)):
-        base = Image.fromarray(np.asarray(img, dtype=np.uint8)).convert("RGB").resize((tw, th))
-        s = np.clip(np.asarray(sal, dtype=np.float32), 0.0, 1.0)
-        heat = np.asarray(Image.fromarray(jet(s)).resize((tw, th)), dtype=np.float32)
-        mixed = (1 - alpha) * np.asarray(base, dtype=np.float32) + alpha * heat
-        gray = Image.fromarray(np.rint(s * 255.0).astype(np.uint8)).resize((tw, th))
-        grid.paste(base, (0, row * th))
-        grid.paste(Image.fromarray(mixed.clip(0, 255).astype(np.uint8)), (tw, row * th))
-        grid.paste(gray.convert("RGB"), (2 * tw, row * th))
-    with atomic_path(path) as tmp:
-        grid.save(tmp, format="PNG")
+    save_figure(saliency_overlay_figure(images, saliencies, alpha=alpha, panel=panel), path)
 
 
 __all__ = [
@@ -236,5 +254,6 @@ __all__ = [
     "save_saliency_png",
     "saliency_confusion",
     "saliency_sweep_confusion",
+    "saliency_overlay_figure",
     "saliency_overlay_grid",
 ]

@@ -45,7 +45,7 @@ class ServingLimits:
     #: Largest image, in pixels, whose class probabilities may be returned (C floats a pixel).
     max_probability_pixels: int = 512 * 512
     #: Requests decoding and segmenting at the same time; the others wait for a slot.
-    max_concurrent: int = 1
+    max_concurrent: int = 2
     #: Seconds a request may take, waiting included; then its work stops and it is refused.
     timeout_s: float = 60.0
 

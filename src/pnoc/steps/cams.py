@@ -29,7 +29,7 @@ def run(
 ) -> dict[str, ThresholdSweep]:
     """Write the CAMs of every split of ``datasets`` (split name -> reader) into ``out_dir``
     and return each split's threshold sweep (best mIoU and threshold, the whole curve)."""
-    for dataset in datasets.values():
+    for split, dataset in datasets.items():
         export_cams(
             model,
             dataset,
@@ -38,6 +38,7 @@ def run(
             flip=flip,
             device=runtime.torch_device,
             progress=runtime.progress,
+            what=f"cams {split}",
         )
     return {
         split: evaluate_cams(dataset, out_dir, thresholds) for split, dataset in datasets.items()

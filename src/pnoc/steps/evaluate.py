@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from pnoc.engine import Runtime
 from pnoc.errors import DatasetError
@@ -49,7 +48,7 @@ def run(
     device = runtime.torch_device
     model = model.to(device).eval()
     out = Evaluation(ConfusionMatrix(len(dataset.class_names)))
-    for image_id in tqdm(dataset.ids, desc="evaluate", disable=not runtime.progress):
+    for image_id in runtime.track(dataset.ids, "evaluate"):
         image = dataset.load_image(image_id)
         gt = dataset.load_mask(image_id)
         if gt is None:

@@ -12,12 +12,17 @@ from pnoc.data.factory import open_dataset, warn_missing_classes
 
 
 def split_stats(dataset: Any) -> dict[str, Any]:
-    """Images, decoded files, skipped files, labels per image and images per class of a split."""
+    """Images, decoded files, skipped files, labels per image and images per class of a split.
+
+    The split is validated first: with ``data.skip_bad`` the images dropped then (undecodable,
+    bad masks) count as skipped and in none of the other figures.
+    """
+    checked = dataset.validate()
     labels = np.asarray(dataset.label_matrix())
     per_class = labels.sum(axis=0).astype(int)
     return {
         "images": len(dataset),
-        "checked": dataset.validate(),
+        "checked": checked,
         "skipped": len(dataset.skipped),
         "labels_per_image": float(labels.sum(axis=1).mean()) if len(labels) else 0.0,
         "images_per_class": {

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from pnoc.cam.export import cam_path
 from pnoc.cam.inference import load_cam_npz
@@ -66,7 +65,7 @@ def run(
     cam_cm = ConfusionMatrix(len(dataset.class_names))
     fallback: list[str] = []
     result = PseudoMaskResult(report={})
-    for image_id in tqdm(dataset.ids, desc="pseudo-masks", disable=not runtime.progress):
+    for image_id in runtime.track(dataset.ids, "pseudo-masks"):
         cams, classes = load_cam_npz(cam_path(cam_dir, image_id))
         image = dataset.load_image(image_id)
         labels_file = Path(label_dir) / f"{image_id}.png"

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from pnoc.data.transforms import eval_transform
 from pnoc.engine import Runtime
@@ -65,7 +64,7 @@ def run(
     for split, dataset in datasets.items():
         counts = np.zeros((2, 2), dtype=np.int64)
         sweep = np.zeros((len(SWEEP), 2, 2), dtype=np.int64)
-        for image_id in tqdm(dataset.ids, desc=split, disable=not runtime.progress):
+        for image_id in runtime.track(dataset.ids, f"saliency {split}"):
             image = dataset.load_image(image_id)
             x, _ = transform(image, None, np.random.default_rng(0))
             sal = predict_saliency(model, torch.as_tensor(x).to(device), flip=flip)

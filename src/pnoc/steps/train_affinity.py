@@ -21,6 +21,7 @@ from pnoc.data.files import write_mask_png
 from pnoc.data.torch_sets import SegmentationSet
 from pnoc.data.transforms import segmentation_train_transform
 from pnoc.engine import FitResult, Runtime, fit
+from pnoc.engine.progress import track
 from pnoc.metrics import ConfusionMatrix
 from pnoc.models.affinity import AffinityNet
 from pnoc.refine.affinity import AffinityMethod
@@ -44,17 +45,20 @@ def affinity_labels(
     saliency_dir: str | Path,
     cfg: AffinityParams,
     out_dir: str | Path | None,
+    *,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Affinity labels of every image of ``dataset``, written to ``out_dir`` (None: not written).
 
     Returns ``confident_share`` (labelled pixels / all), ``precision`` (labelled pixels that
     agree with the ground truth, where it exists), ``label_miou`` (of the labelled pixels
     against the ground truth; None without any), ``images``,
-    ``images_without_confident_pixels`` and the first 50 such ``empty_ids``.
+    ``images_without_confident_pixels`` and the first 50 such ``empty_ids``. ``progress``: a
+    bar on a terminal; the summary line is logged either way.
     """
     confident, correct, total, empty = 0, 0, 0, []
     cm = ConfusionMatrix(len(dataset.class_names))
-    for image_id in dataset.ids:
+    for image_id in track(dataset.ids, "affinity labels", enabled=progress):
         cams, classes = load_cam_npz(cam_path(cam_dir, image_id))
         sal = load_saliency_png(saliency_path(saliency_dir, image_id), expected_size=cams.shape[1:])
         labels = make_affinity_labels(
@@ -100,7 +104,9 @@ def run(
     """Write the affinity labels of ``dataset`` into ``label_dir`` and train AffinityNet on them."""
     runtime.seed_all()
     Path(label_dir).mkdir(parents=True, exist_ok=True)
-    stats = affinity_labels(dataset, cam_dir, saliency_dir, cfg, label_dir)
+    stats = affinity_labels(
+        dataset, cam_dir, saliency_dir, cfg, label_dir, progress=runtime.progress
+    )
     transform = segmentation_train_transform(image_size, tuple(cfg.scale_range))
     train_set = SegmentationSet(dataset, transform, mask_dir=label_dir)
     model = AffinityNet(cfg.backbone, weights=cfg.weights, output_stride=cfg.output_stride)

@@ -1,4 +1,4 @@
-"""What the training steps share: a section's batches and epochs, its SGD."""
+"""What the training steps share: a section's batches and epochs, its SGD, its history."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from pnoc.data.torch_sets import collate
-from pnoc.engine import TrainData, build_sgd
+from pnoc.engine import FitResult, TrainData, build_sgd
 
 
 def train_data(dataset: Any, cfg: Any) -> TrainData:
@@ -30,3 +30,9 @@ def sgd(model: Any, cfg: Any, *, nesterov: bool, lr: float | None = None) -> tor
         weight_decay=cfg.weight_decay,
         nesterov=nesterov,
     )
+
+
+def history_rows(result: FitResult) -> list[dict[str, float]]:
+    """The per-epoch means of a run's training metrics, one row per epoch numbered from 1 in
+    ``epoch`` (the x of the stages' history plots)."""
+    return [{"epoch": epoch, **means} for epoch, means in enumerate(result.history, start=1)]
