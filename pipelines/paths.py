@@ -17,7 +17,7 @@ DVC_FILE = Path("dvc.yaml")
 SWEEP_CONFIG = Path("pipelines/sweep.yaml")
 CHECKPOINT_DIR = Path(".pnoc/checkpoints")  # resumable training state, outside DVC's outputs
 
-PARAMS_CHECK = Path(".pnoc/params_check.json")  # every other stage depends on it
+PARAMS_CHECK = Path("reports/params_check.json")  # every other stage depends on it
 
 DATASET_METRICS = Path("metrics/dataset.json")
 DATASET_REPORT = Path("reports/dataset_details.json")

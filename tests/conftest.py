@@ -86,7 +86,8 @@ class Project:
 def make_project(root: Path, params: dict[str, Any], mlflow_uri: str) -> Project:
     """Copy dvc.yaml and the code into ``root``, write ``params`` and initialise DVC there."""
     root.mkdir(parents=True)
-    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    for name in ("dvc.yaml", ".dvcignore"):  # the repository's own, so ignores apply as there
+        shutil.copy(REPO / name, root / name)
     for folder in ("src", "pipelines"):
         shutil.copytree(
             REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")

@@ -48,6 +48,8 @@ CHALLENGER = "challenger"
 METRIC_TAG = "pnoc.metric"
 VALUE_TAG = "pnoc.metric_value"
 WEIGHTS_TAG = "pnoc.weights_sha256"
+#: MLflow's download progress bar writes carriage returns into logs; downloads here are local.
+PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 _REQUIREMENTS = ("mlflow", "torch", "torchvision", "numpy", "pandas", "pillow", "pnoc")
 
 SIGNATURE = ModelSignature(
@@ -191,6 +193,7 @@ def register(
 
 def _logged_weights_sha256(model_uri: str) -> str:
     """The checkpoint hash a just-logged model records in its ``segmenter.json``."""
+    os.environ.setdefault(PROGRESS_BAR_ENV, "false")
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
         return str(read_config(data_folder(local, model_uri))["weights_sha256"])
@@ -228,7 +231,7 @@ def fetch_verified(model_uri: str, dst: Path) -> Path:
     store) and that its checkpoint has the SHA-256 registered in the version's tags (the hash
     in ``segmenter.json`` for a model that is not registered)."""
     version = registered_version(model_uri)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault(PROGRESS_BAR_ENV, "false")
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
     except (MlflowException, OSError) as exc:

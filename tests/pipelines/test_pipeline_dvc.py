@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,15 @@ def test_repro_runs_every_stage(reproduced):
     dag = reproduced.dvc("dag").stdout
     for name in STAGES:
         assert name in dag
+
+
+def test_training_stages_log_one_line_per_epoch_without_a_terminal(reproduced):
+    """`dvc repro` with its output captured (no terminal): every training stage logs its epochs,
+    and no inference bar writes carriage returns into the log."""
+    log = reproduced.first_repro.stdout + reproduced.first_repro.stderr
+    epochs = re.findall(r"epoch (\d+)/(\d+) done: step \d+/\d+ \| .* images/s \| elapsed", log)
+    assert len(epochs) >= 5, log[-3000:]  # train_oc, train_cam, saliency, affinity, segmentation
+    assert "\r" not in log
 
 
 def test_cam_outputs_and_metrics(reproduced):
