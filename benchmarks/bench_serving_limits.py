@@ -19,19 +19,16 @@ The server's limits are the defaults of :class:`pnoc.serving.ServingLimits`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
 import numpy as np
-import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -41,40 +38,6 @@ from pnoc.serving import encode_image_b64  # noqa: E402
 from pnoc_pipelines import serving, tracking  # noqa: E402
 
 NAME = "pnoc-segmenter-limits"
-
-
-class PeakMemory:
-    """Peak RSS of a process and its children, sampled in a thread."""
-
-    def __init__(self, pid: int) -> None:
-        self.proc = psutil.Process(pid)
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _rss(self) -> int:
-        total = 0
-        for p in [self.proc, *self.proc.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                total += p.memory_info().rss
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.peak = max(self.peak, self._rss())
-            except psutil.Error:
-                return
-            time.sleep(0.02)
-
-    def __enter__(self) -> PeakMemory:
-        self.peak = self._rss()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def gradient_png(side: int) -> dict:
@@ -95,8 +58,8 @@ def measure(command: str, args: argparse.Namespace) -> None:
     with serving.scoring_server(f"models:/{NAME}@champion", command=command) as server:
         inv = server.url + "/invocations"
         serving.post_json(inv, valid)  # warm up
-        base = PeakMemory(server.proc.pid)._rss()
-        with PeakMemory(server.proc.pid) as mem:
+        base = serving.PeakRss(server.proc.pid).rss()
+        with serving.PeakRss(server.proc.pid) as mem:
             t = time.perf_counter()
             status, body = serving.post_json(inv, big, timeout=600)
             took = time.perf_counter() - t
@@ -106,7 +69,7 @@ def measure(command: str, args: argparse.Namespace) -> None:
             f"HTTP {status} in {took:.1f} s, mask {shape}; RSS idle {gib(base)}, "
             f"peak {gib(mem.peak)}"
         )
-        with PeakMemory(server.proc.pid) as mem, ThreadPoolExecutor(args.concurrent) as pool:
+        with serving.PeakRss(server.proc.pid) as mem, ThreadPoolExecutor(args.concurrent) as pool:
             t = time.perf_counter()
             answers = list(
                 pool.map(lambda _: serving.post_json(inv, big, 600)[0], range(args.concurrent))

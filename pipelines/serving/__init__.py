@@ -23,6 +23,7 @@ from pnoc_pipelines.serving.registry import (
     registered_version,
 )
 from pnoc_pipelines.serving.server import (
+    PeakRss,
     RequestGuard,
     Server,
     free_port,
@@ -41,6 +42,7 @@ __all__ = [
     "VALUE_TAG",
     "WEIGHTS_TAG",
     "KeptMessage",
+    "PeakRss",
     "RequestGuard",
     "SegmenterPyfunc",
     "Server",

@@ -62,6 +62,7 @@ from pnoc.serving import (
     Segmenter,
     ServerBusy,
     ServingLimits,
+    check_batch_size,
     check_request,
     peek_image,
 )
@@ -160,8 +161,7 @@ def image_inputs(model_input: Any, limits: ServingLimits | None = None) -> list[
             values += [(f"{INPUT_COLUMN}[{i}][{j}]", v) for j, v in enumerate(cell)]
         else:
             values.append((f"{INPUT_COLUMN}[{i}]", cell))
-    if len(values) > limits.max_images:
-        check_request([ImageInput("", 1, 1)] * len(values), limits)
+    check_batch_size(len(values), limits)  # before any image is read
     refs = [peek_image(v, where=where, limits=limits) for where, v in values]
     check_request(refs, limits)
     return refs

@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -261,6 +262,47 @@ class Server:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+
+class PeakRss:
+    """Peak resident memory of a process and its children, sampled every 20 ms in a thread
+    while the ``with`` block runs; :meth:`rss` reads it once."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def rss(self) -> int:
+        import psutil
+
+        total = 0
+        for p in [self.proc, *self.proc.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        return total
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, self.rss())
+            except psutil.Error:  # the process is gone
+                return
+            time.sleep(0.02)
+
+    def __enter__(self) -> PeakRss:
+        self.peak = self.rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 @contextlib.contextmanager

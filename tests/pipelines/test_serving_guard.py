@@ -16,14 +16,12 @@ import os
 import pickle
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
 import numpy as np
-import psutil
 import pytest
 import torch
 import yaml
@@ -72,33 +70,6 @@ def _env(store: str, **limits: object) -> dict[str, str]:
     return env
 
 
-class PeakRss:
-    """Peak resident memory of a process tree, sampled every 20 ms in a thread."""
-
-    def __init__(self, pid: int) -> None:
-        self.proc, self.peak, self._stop = psutil.Process(pid), 0, threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            total = 0
-            for p in [self.proc, *self.proc.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    continue
-            self.peak = max(self.peak, total)
-            time.sleep(0.02)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def _png_request(side: int) -> bytes:
     """A smooth ``side``² PNG (compresses like a photo), as a dataframe_split request."""
     y, x = np.mgrid[0:side, 0:side]
@@ -124,7 +95,7 @@ def test_large_images_are_answered_within_the_memory_bounds(store):
         f"models:/{NAME}@champion", env=_env(store, timeout_s=15)
     ) as server:
         inv = server.url + "/invocations"
-        with PeakRss(server.proc.pid) as one:
+        with serving.PeakRss(server.proc.pid) as one:
             status, body = serving.post_json(inv, big, timeout=300)
         assert status == 200, body
         mask = body["predictions"][0]["mask"]
@@ -132,7 +103,7 @@ def test_large_images_are_answered_within_the_memory_bounds(store):
         del body, mask
         assert one.peak <= 2 * GIB, f"peak RSS {one.peak / GIB:.2f} GiB for one 4096² request"
 
-        with PeakRss(server.proc.pid) as many, ThreadPoolExecutor(8) as pool:
+        with serving.PeakRss(server.proc.pid) as many, ThreadPoolExecutor(8) as pool:
             statuses = list(pool.map(lambda _: serving.post_json(inv, big, 300)[0], range(8)))
         assert set(statuses) <= {200, 429} and 200 in statuses, statuses
         assert many.peak <= 3 * GIB, f"peak RSS {many.peak / GIB:.2f} GiB for 8 at once"
