@@ -6,6 +6,10 @@ threshold on ``cams.eval_split``; ``reports/cams_details.json``: per split the
 best threshold, its mIoU and per-class IoU; ``plots/cams_threshold/<split>.csv``: mIoU at every
 threshold, one file per split (dvc.yaml's ``cams_threshold`` plot draws them as one line each);
 and an overlay grid.
+
+Under several workers (``base.workers``) every rank writes the CAMs of its share of the images
+into the same folder, published by rank 0 once all are done; rank 0 alone writes the metrics,
+reports, plots and MLflow entries.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import mlflow
 
 from pnoc.cam.inference import cam_overlay_grid, load_cam_model, load_cam_npz
 from pnoc.data.factory import open_dataset
+from pnoc.engine.distributed import shared_atomic_dir
 from pnoc.io import atomic_path, write_csv, write_json
 from pnoc.metrics import ThresholdSweep
 from pnoc.steps import cams
@@ -40,7 +45,7 @@ def run() -> None:
         runtime = ctx.runtime()
         model = load_cam_model(paths.CAM_MODEL, runtime.torch_device)
         datasets = {split: open_dataset(p.data, split) for split in p.cams.splits}
-        with atomic_path(paths.CAMS) as tmp:
+        with shared_atomic_dir(paths.CAMS) as tmp:
             sweeps = cams.run(
                 model,
                 datasets,
@@ -50,6 +55,8 @@ def run() -> None:
                 flip=p.cams.flip,
                 thresholds=p.cams.thresholds.values(),
             )
+        if not ctx.world.is_main:
+            return
         details = {
             "eval_split": eval_split,
             **{s: sweep.to_dict(datasets[s].class_names) for s, sweep in sweeps.items()},
@@ -89,4 +96,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    main(run)
+    main(run, workers=True)

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import glob
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -35,6 +36,7 @@ from pnoc_pipelines.paths import CHECKPOINT_DIR, DVC_FILE, PARAMS_FILE
 
 if TYPE_CHECKING:
     from pnoc.engine import Runtime
+    from pnoc.engine.distributed import World
 
 log = logging.getLogger("pnoc")
 
@@ -123,6 +125,14 @@ class StageContext:
     name: str
     params: Params  # a DeclaredParams view, typed as what it reads like
 
+    @property
+    def world(self) -> World:
+        """This process among the stage's workers (:mod:`pnoc.engine.distributed`): rank 0
+        alone writes outputs, metrics and MLflow; the others only hold an MLflow-less stage."""
+        from pnoc.engine.distributed import world
+
+        return world()
+
     def runtime(self) -> Runtime:
         """The stage's run settings from ``base``."""
         from pnoc.engine import Runtime
@@ -136,9 +146,13 @@ class StageContext:
         from pnoc_pipelines.tracking import MlflowLogger
 
         p = self.params
-        key = fingerprint(p.base, p.data, getattr(p, section))
+        # What the run computes, not where it runs: a rerun on another device or number of
+        # workers resumes the same checkpoint.
+        computes = p.base.model_dump(mode="json", include={"seed", "amp", "sync_bn"})
+        key = fingerprint(computes, p.data, getattr(p, section))
         checkpoint = CheckpointConfig(CHECKPOINT_DIR / f"{self.name}.ckpt", 50, key)
-        return self.runtime().replace(checkpoint=checkpoint, callbacks=[MlflowLogger()])
+        callbacks = [MlflowLogger()] if self.world.is_main else []
+        return self.runtime().replace(checkpoint=checkpoint, callbacks=callbacks)
 
 
 def stage_outputs(name: str, path: Path = DVC_FILE) -> list[Path]:
@@ -176,12 +190,16 @@ def remove_stale_temporaries(name: str, path: Path = DVC_FILE) -> list[Path]:
 def stage(name: str) -> Iterator[StageContext]:
     """Load params, clear what a killed run of the stage left (:func:`remove_stale_temporaries`)
     and open the stage's MLflow run, logging the params dvc.yaml declares."""
+    from pnoc.engine.distributed import world
     from pnoc_pipelines import tracking
 
     params = load_params()
-    remove_stale_temporaries(name)
     declared = declared_params(name)
     view: Any = DeclaredParams(params, name, declared)
+    if not world().is_main:  # another worker of a multi-worker stage: rank 0 writes and logs
+        yield StageContext(name=name, params=view)
+        return
+    remove_stale_temporaries(name)
     everything = flatten(params)
     logged = {
         k: v
@@ -190,6 +208,27 @@ def stage(name: str) -> Iterator[StageContext]:
     }
     with tracking.stage_run(name, logged, pipeline_params=everything) as _run:
         yield StageContext(name=name, params=view)
+
+
+def run_as_worker(fn: Callable[[], None]) -> None:
+    """Run the stage function ``fn`` as one worker of a multi-worker stage
+    (:mod:`pnoc_pipelines.launch`): join the process group, run, leave it. Workers other than
+    rank 0 log warnings and errors only."""
+    from pnoc.engine import resolve_device
+    from pnoc.engine.distributed import init_from_env, world
+    from pnoc_pipelines.launch import TIMEOUT_S
+
+    base = load_params().base
+    init_from_env(resolve_device(base.device), timeout_s=TIMEOUT_S)
+    if not world().is_main:
+        logging.getLogger("pnoc").setLevel(logging.WARNING)
+    try:
+        fn()
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized() and not os.environ.get("PNOC_RAY_WORKER"):
+            dist.destroy_process_group()  # Ray Train owns (and ends) the group of its workers
 
 
 class Interrupted(KeyboardInterrupt):
@@ -207,20 +246,45 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise Interrupted(signum)
 
 
-def main(fn: Callable[[], None]) -> None:
+@contextlib.contextmanager
+def scratch_dir(path: Path) -> Iterator[Path]:
+    """A temporary folder beside ``path`` that is removed afterwards (never published): where a
+    worker other than rank 0 writes what it needs but rank 0 publishes."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent) as d:
+        yield Path(d)
+
+
+def main(fn: Callable[[], None], *, workers: bool = False) -> None:
     """Run a stage's entry point: clean one-line errors for known problems, exit status 1.
+
+    ``workers``: the stage runs on ``base.workers`` workers when asked
+    (:mod:`pnoc_pipelines.launch`); stages without it always run as one process.
 
     SIGTERM and SIGINT raise :class:`Interrupted` in the stage, which ends its MLflow run as
     KILLED and removes its temporaries on the way out; the exit status is then 128 + signal
     (143, 130), as if the signal had ended the process.
     """
+    from pnoc_pipelines import launch
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _interrupt)
+    where = ""
     try:
+        if launch.is_worker():
+            rank, size = os.environ.get("RANK", "?"), os.environ.get("WORLD_SIZE", "?")
+            where = f" (rank {rank} of {size})"
+            run_as_worker(fn)
+            return
+        base = load_params().base
+        if workers and launch.wants_launch(base):
+            sys.exit(launch.launch(fn, base))
         fn()
     except PnocError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error{where}: {exc}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)

@@ -4,6 +4,9 @@ Outputs ``metrics/segmentation.json`` (split, mIoU, pixel accuracy),
 ``reports/segmentation_details.json`` (adds the images, per-class IoU and the confusion counts,
 rows = ground truth), ``plots/confusion.png`` (row-normalised) and
 ``plots/segmentation_overlay.png`` (image | ground truth | prediction), all logged to MLflow.
+
+Under several workers (``base.workers``) every rank segments its share of the images; rank 0
+alone writes the metrics, report, plots and MLflow entries.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ def run() -> None:
             crf=s.crf,
             model_name=str(paths.DEEPLAB_MODEL),
         )
+        if not ctx.world.is_main:
+            return
         cm = result.confusion
         report = {
             "split": split,
@@ -76,4 +81,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    main(run)
+    main(run, workers=True)

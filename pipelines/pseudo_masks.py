@@ -8,6 +8,10 @@ best mIoU and the gain over it, the CAM argmax's mIoU at the same background thr
 fallback image ids; and an overlay grid (image | ground truth | CAM argmax | pseudo-mask). With
 ``pseudo_masks.background: saliency`` the C²AM-H saliency (``outputs/saliency``) below
 ``saliency.threshold`` is background in the pseudo-masks and in their fallback alike.
+
+Under several workers (``base.workers``) every rank writes the masks of its share of the images
+into the same folder, published by rank 0 once all are done; rank 0 alone writes the metrics,
+report, plot and MLflow entries.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from typing import Any
 import mlflow
 
 from pnoc.data.factory import open_dataset
-from pnoc.io import atomic_path, write_json
+from pnoc.engine.distributed import shared_atomic_dir
+from pnoc.io import write_json
 from pnoc.models.affinity import AffinityNet
 from pnoc.steps import pseudo_masks
 from pnoc.viz import mask_grid
@@ -48,7 +53,7 @@ def run() -> None:
         model = AffinityNet.from_checkpoint(
             paths.AFFINITY_MODEL, expected_backbone=p.affinity.backbone
         )
-        with atomic_path(paths.PSEUDO_MASKS) as tmp:
+        with shared_atomic_dir(paths.PSEUDO_MASKS) as tmp:
             result = pseudo_masks.run(
                 model,
                 dataset,
@@ -60,6 +65,8 @@ def run() -> None:
                 saliency_dir=paths.SALIENCY,
                 saliency_threshold=p.saliency.threshold,
             )
+        if not ctx.world.is_main:
+            return
         cams_best = cam_miou(cfg.split)
         report = {"split": cfg.split, **result.report, "cam_best_miou": cams_best}
         if report["miou"] is not None and cams_best is not None:
@@ -94,4 +101,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    main(run)
+    main(run, workers=True)

@@ -6,6 +6,10 @@ counted as foreground, 255 ignored) on ``cams.eval_split``, and that threshold;
 ``reports/saliency_details.json``: per split that mean IoU, the fg and bg IoU, and the best
 mean IoU over the thresholds 0.05, 0.10, …, 0.95 with the threshold that gives it (as the
 authors report saliency); and an overlay grid.
+
+Under several workers (``base.workers``) every rank writes the maps of its share of the images
+into the same folder, published by rank 0 once all are done; rank 0 alone writes the metrics,
+report, plot and MLflow entries.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from typing import Any
 import mlflow
 
 from pnoc.data.factory import open_dataset
-from pnoc.io import atomic_path, write_json
+from pnoc.engine.distributed import shared_atomic_dir
+from pnoc.io import write_json
 from pnoc.models.ccam import CCAMNet
 from pnoc.saliency.inference import saliency_overlay_grid
 from pnoc.steps import saliency
@@ -40,7 +45,7 @@ def run() -> None:
         p = ctx.params
         splits, eval_split = list(p.cams.splits), p.cams.eval_split
         datasets = {split: open_dataset(p.data, split) for split in splits}
-        with atomic_path(paths.SALIENCY) as tmp:
+        with shared_atomic_dir(paths.SALIENCY) as tmp:
             result = saliency.run(
                 CCAMNet.from_checkpoint(paths.CCAM_MODEL),
                 datasets,
@@ -50,6 +55,8 @@ def run() -> None:
                 flip=p.saliency.flip,
                 eval_split=eval_split,
             )
+        if not ctx.world.is_main:
+            return
         report = result.report
         write_json(paths.SALIENCY_METRICS, headline(report, eval_split))
         write_json(paths.SALIENCY_REPORT, report)
@@ -75,4 +82,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    main(run)
+    main(run, workers=True)

@@ -19,7 +19,7 @@ from pnoc.models.backbones import save_model
 from pnoc.steps import train_affinity
 from pnoc.steps.training import history_rows
 from pnoc_pipelines import paths
-from pnoc_pipelines.common import main, stage
+from pnoc_pipelines.common import main, scratch_dir, stage
 from pnoc_pipelines.tracking import log_artifacts, log_headline
 
 
@@ -38,7 +38,9 @@ def run() -> None:
     with stage("train_affinity") as ctx:
         p = ctx.params
         train = open_dataset(p.data, p.data.train_split)
-        with atomic_path(paths.AFFINITY_LABELS) as tmp:
+        # Every worker derives the labels it trains on; rank 0 alone publishes them.
+        labels = atomic_path if ctx.world.is_main else scratch_dir
+        with labels(paths.AFFINITY_LABELS) as tmp:
             trained = train_affinity.run(
                 p.affinity,
                 train,
@@ -48,6 +50,8 @@ def run() -> None:
                 ctx.training_runtime("affinity"),
                 image_size=p.data.image_size,
             )
+        if not ctx.world.is_main:  # the other workers trained alongside; rank 0 writes
+            return
         stats = trained.labels
         write_json(paths.AFFINITY_METRICS, headline(stats, p.data.train_split))
         write_json(paths.AFFINITY_REPORT, stats)
@@ -77,4 +81,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    main(run)
+    main(run, workers=True)

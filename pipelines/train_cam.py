@@ -29,6 +29,8 @@ def run() -> None:
         trained = train_cam.run(
             p.cam, train, ctx.training_runtime("cam"), image_size=p.data.image_size, oc=oc
         )
+        if not ctx.world.is_main:  # the other workers trained alongside; rank 0 writes
+            return
         meta = {"stage": "train_cam", "method": p.cam.method, "class_names": train.class_names}
         save_model(paths.CAM_MODEL, trained.model, meta)
         noc = trained.noc if trained.noc is not None else oc
@@ -42,4 +44,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    main(run)
+    main(run, workers=True)

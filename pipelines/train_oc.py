@@ -25,6 +25,8 @@ def run() -> None:
         trained = train_cam.run(
             p.oc, train, ctx.training_runtime("oc"), image_size=p.data.image_size
         )
+        if not ctx.world.is_main:  # the other workers trained alongside; rank 0 writes
+            return
         save_model(
             paths.OC_MODEL, trained.model, {"stage": "train_oc", "class_names": train.class_names}
         )
@@ -36,4 +38,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    main(run)
+    main(run, workers=True)

@@ -31,6 +31,8 @@ def run() -> None:
             ctx.training_runtime("saliency"),
             image_size=p.data.image_size,
         )
+        if not ctx.world.is_main:  # the other workers trained alongside; rank 0 writes
+            return
         check = asdict(trained.orientation)
         save_model(
             paths.CCAM_MODEL, trained.model, {"stage": "train_saliency", "orientation": check}
@@ -50,4 +52,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    main(run)
+    main(run, workers=True)

@@ -28,6 +28,8 @@ def run() -> None:
             ctx.training_runtime("segmentation"),
             image_size=p.data.image_size,
         )
+        if not ctx.world.is_main:  # the other workers trained alongside; rank 0 writes
+            return
         meta = {"stage": "train_segmentation", "class_names": train.class_names}
         save_model(paths.DEEPLAB_MODEL, trained.model, meta)
         write_csv(paths.DEEPLAB_HISTORY, history_rows(trained.result))
@@ -36,4 +38,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    main(run)
+    main(run, workers=True)

@@ -1,4 +1,5 @@
-"""Ray for a sweep: the cluster address, starting or joining Ray, resources per trial."""
+"""Ray for a sweep (and for a stage under ``base.launcher: ray``): the cluster address,
+starting or joining Ray, resources per trial."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def resolve_address(address: str | None) -> str | None:
     return address
 
 
-def _start_ray(address: str | None) -> bool:
+def start_ray(address: str | None) -> bool:
     """Connect to (or start) Ray; True when this call started it (and must shut it down)."""
     import ray
 
@@ -86,7 +87,7 @@ def ray_session(sweep: Sweep, address: str | None) -> Iterator[None]:
     """Start or join Ray and check that one trial fits; shut down only a Ray started here."""
     import ray
 
-    started = _start_ray(address)
+    started = start_ray(address)
     try:
         _check_resources(sweep, address is not None)
         yield

@@ -62,6 +62,11 @@ class BaseParams(Section):
     num_workers: NonNegInt = 0
     amp: bool = True
     progress: bool = True
+    sync_bn: bool = False
+    workers: PositiveInt = 1
+    launcher: Literal["torchrun", "ray"] = "torchrun"
+    nodes: PositiveInt = 1
+    rdzv_endpoint: str | None = None
 
 
 class SyntheticParams(Section):

@@ -24,6 +24,10 @@ class DatasetError(PnocError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self) -> tuple[type[DatasetError], tuple[Path, str]]:
+        # Picklable, so that an error met in a DataLoader worker reaches the caller as itself.
+        return type(self), (self.path, self.problem)
+
 
 class NonFiniteLossError(PnocError, FloatingPointError):
     """A loss term became NaN or Inf; training stopped after saving the last good state."""

@@ -22,6 +22,7 @@ from pnoc.data.base import IGNORE_INDEX
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "CamRecord",
+    "CamSweepCounts",
     "ConfusionMatrix",
     "ThresholdSweep",
     "cam_threshold_sweep",
@@ -265,7 +266,8 @@ def cam_threshold_sweep(
     Implementation: per pixel only the maximal CAM value m and its class c matter. With the
     thresholds sorted, the pixel is foreground for the n = #{t < m} lowest thresholds; one
     bincount over (n, gt, c) per image, accumulated, then a cumulative sum over n gives every
-    threshold's confusion matrix: O(pixels) per image whatever the number of thresholds.
+    threshold's confusion matrix: O(pixels) per image whatever the number of thresholds
+    (:class:`CamSweepCounts` holds those counts, for callers that add records one by one).
 
     Args:
         records: iterable of :class:`CamRecord` (may be a generator streaming from disk).
@@ -276,17 +278,44 @@ def cam_threshold_sweep(
     Raises:
         ValueError: inconsistent shapes, class indices outside [1, C), or no labelled pixel at all.
     """
-    thr = np.asarray(thresholds, dtype=np.float64).reshape(-1)
-    if thr.size == 0:
-        raise ValueError("thresholds is empty")
-    order = np.argsort(thr, kind="stable")
-    thr_sorted = thr[order]
-    n_thr = thr.size
-    c2 = num_classes * num_classes
-    # hist[n, g, c]: pixels of gt g whose best class c is foreground for the n lowest thresholds.
-    hist = np.zeros((n_thr + 1) * c2, dtype=np.int64)
-    labelled = 0
+    counts = CamSweepCounts(num_classes, thresholds, ignore_index)
     for i, rec in enumerate(records):
+        counts.add(rec, i)
+    return counts.sweep()
+
+
+class CamSweepCounts:
+    """The counts behind :func:`cam_threshold_sweep`, accumulated record by record.
+
+    ``hist`` ((T + 1)·C·C int64) counts the labelled pixels by (number of sorted thresholds they
+    are foreground for, ground truth, best class); ``labelled`` is their total. Both are plain
+    sums over the records, so counts of disjoint sets of images (e.g. one per worker) add up to
+    those of their union; :meth:`sweep` turns them into the :class:`ThresholdSweep`.
+
+    Raises as :func:`cam_threshold_sweep` does.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        thresholds: Any = DEFAULT_THRESHOLDS,
+        ignore_index: int | None = IGNORE_INDEX,
+    ) -> None:
+        self.thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+        if self.thresholds.size == 0:
+            raise ValueError("thresholds is empty")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self._order = np.argsort(self.thresholds, kind="stable")
+        self._sorted = self.thresholds[self._order]
+        # hist[n, g, c]: pixels of gt g whose best class c is foreground for the n lowest
+        # thresholds.
+        self.hist = np.zeros((self.thresholds.size + 1) * num_classes**2, dtype=np.int64)
+        self.labelled = 0
+
+    def add(self, rec: CamRecord, i: int = 0) -> None:
+        """Count one image's record; ``i`` names it in errors (e.g. its index in the split)."""
+        num_classes, c2 = self.num_classes, self.num_classes**2
         cams, classes, target = _check_record(i, rec, num_classes)
         gt = target.reshape(-1).astype(np.int64)
         if cams.shape[0] == 0:
@@ -298,34 +327,37 @@ def cam_threshold_sweep(
             best = np.take_along_axis(flat, arg[None], axis=0)[0].astype(np.float64)
             best_cls = classes[arg]
             # side="left": number of thresholds strictly below the pixel's best value.
-            n_fg = np.searchsorted(thr_sorted, best, side="left").astype(np.int64)
-        if ignore_index is not None:
-            valid = gt != ignore_index
+            n_fg = np.searchsorted(self._sorted, best, side="left").astype(np.int64)
+        if self.ignore_index is not None:
+            valid = gt != self.ignore_index
             gt, n_fg, best_cls = gt[valid], n_fg[valid], best_cls[valid]
         _check_range(f"record {i} target", gt, num_classes)
-        labelled += gt.size
-        hist += np.bincount(n_fg * c2 + gt * num_classes + best_cls, minlength=(n_thr + 1) * c2)
-    if labelled == 0:
-        raise ValueError("no labelled pixel in the records: nothing to evaluate")
+        self.labelled += gt.size
+        self.hist += np.bincount(n_fg * c2 + gt * num_classes + best_cls, minlength=self.hist.size)
 
-    hist3 = hist.reshape(n_thr + 1, num_classes, num_classes)
-    # fg_at[j] = pixels foreground at sorted threshold j = those with n > j.
-    fg_at = np.cumsum(hist3[::-1], axis=0)[::-1][1:]  # (T, C, C): sum over n >= j+1
-    per_gt_total = hist3.sum(axis=(0, 2))  # (C,) labelled pixels per gt class
-    matrices_sorted = fg_at.copy()
-    # Pixels not foreground at threshold j go to background (column 0).
-    matrices_sorted[:, :, 0] += per_gt_total[None, :] - fg_at.sum(axis=2)
-    matrices = np.empty_like(matrices_sorted)
-    matrices[order] = matrices_sorted
-    ious = iou_from_confusion(matrices)
-    miou = _nanmean(ious, axis=1)
-    best_index = int(np.nanargmax(miou)) if not np.all(np.isnan(miou)) else 0
-    # nanargmax returns the first maximum in the *given* order; prefer the lowest threshold.
-    ties = np.flatnonzero(miou == miou[best_index])
-    best_index = int(ties[np.argmin(thr[ties])])
-    return ThresholdSweep(
-        thresholds=thr, matrices=matrices, ious=ious, miou=miou, best_index=best_index
-    )
+    def sweep(self) -> ThresholdSweep:
+        """The sweep of the records counted so far (ValueError when no pixel is labelled)."""
+        if self.labelled == 0:
+            raise ValueError("no labelled pixel in the records: nothing to evaluate")
+        thr, order, num_classes = self.thresholds, self._order, self.num_classes
+        hist3 = self.hist.reshape(thr.size + 1, num_classes, num_classes)
+        # fg_at[j] = pixels foreground at sorted threshold j = those with n > j.
+        fg_at = np.cumsum(hist3[::-1], axis=0)[::-1][1:]  # (T, C, C): sum over n >= j+1
+        per_gt_total = hist3.sum(axis=(0, 2))  # (C,) labelled pixels per gt class
+        matrices_sorted = fg_at.copy()
+        # Pixels not foreground at threshold j go to background (column 0).
+        matrices_sorted[:, :, 0] += per_gt_total[None, :] - fg_at.sum(axis=2)
+        matrices = np.empty_like(matrices_sorted)
+        matrices[order] = matrices_sorted
+        ious = iou_from_confusion(matrices)
+        miou = _nanmean(ious, axis=1)
+        best_index = int(np.nanargmax(miou)) if not np.all(np.isnan(miou)) else 0
+        # nanargmax returns the first maximum in the *given* order; prefer the lowest threshold.
+        ties = np.flatnonzero(miou == miou[best_index])
+        best_index = int(ties[np.argmin(thr[ties])])
+        return ThresholdSweep(
+            thresholds=thr, matrices=matrices, ious=ious, miou=miou, best_index=best_index
+        )
 
 
 def _check_record(

@@ -132,6 +132,7 @@ class CAMMethod:
         if (adversary is None) != (alpha_oc is None):
             raise ConfigError("an adversary classifier and its alpha_oc ramp go together")
         self.model = model
+        self._net: nn.Module = model
         self.label_smoothing = label_smoothing
         self.alpha_p = alpha_p
         self.adversary = adversary
@@ -144,6 +145,12 @@ class CAMMethod:
         """Trainable state, checkpointed by name (the frozen OC is not part of it)."""
         return {"generator": self.model}
 
+    def use_modules(self, modules: dict[str, nn.Module]) -> None:
+        """Where ``train_step``'s forward passes go: under data parallelism ``fit`` hands
+        the modules' ``DistributedDataParallel`` wrappers here, and the modules again after.
+        (A frozen adversary is called directly: it trains nothing.)"""
+        self._net = modules["generator"]
+
     def param_groups(self, lr_mult_head: float = 10.0) -> dict[str, list[dict[str, Any]]]:
         """SGD parameter groups per optimizer name (see :meth:`CAMNet.param_groups`)."""
         return {"generator": self.model.param_groups(lr_mult_head)}
@@ -151,7 +158,7 @@ class CAMMethod:
     def train_step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, float]:
         x, y = self._inputs(batch, ctx)
         with ctx.autocast():
-            out = self._generator_forward(x, y, ctx.progress)
+            out = self._generator_forward(x, y, ctx.progress, batch.get("class_noise"))
         ctx.update("generator", out.loss, out.terms)
         return to_floats({"loss": out.loss, **out.terms}, out.ramps)
 
@@ -168,17 +175,20 @@ class CAMMethod:
             )
         return x, y
 
-    def _generator_forward(self, x: Tensor, y: Tensor, progress: float) -> GeneratorOutput:
-        """Loss of one generator step on images x (B, 3, H, W) with hard labels y (B, K)."""
+    def _generator_forward(
+        self, x: Tensor, y: Tensor, progress: float, class_noise: Tensor | None = None
+    ) -> GeneratorOutput:
+        """Loss of one generator step on images x (B, 3, H, W) with hard labels y (B, K);
+        ``class_noise`` (B, K): the samples' draws of the erased class r (else ``generator``)."""
         targets = smooth_labels(y, self.label_smoothing)
-        maps = self.model(x)
+        maps = self._net(x)
         terms: dict[str, Tensor] = {"cls": mlsm(gap(maps), targets)}
         loss = terms["cls"]
         ramps: dict[str, float] = {}
         out = GeneratorOutput(loss, terms, ramps, maps, targets)
 
         if self.alpha_p is not None:
-            merged = merge_2x2(self.model(tile_2x2(x)))
+            merged = merge_2x2(self._net(tile_2x2(x)))
             if merged.shape[-2:] != maps.shape[-2:]:
                 # Sizes not divisible by 2 × output stride: tile maps round up differently.
                 merged = nn.functional.interpolate(
@@ -190,7 +200,7 @@ class CAMMethod:
             loss = loss + terms["pcls"] + ramps["alpha_p"] * terms["re"]
 
         if self.adversary is not None and self.alpha_oc is not None:
-            r = sample_present_class(y, self.generator)
+            r = sample_present_class(y, self.generator, noise=class_noise)
             mask = class_mask(maps, r, (x.shape[-2], x.shape[-1]))
             adv_logits = gap(self.adversary(erase(x, mask)))
             adv_targets = smooth_labels(labels_without(y, r), self.label_smoothing)

@@ -82,15 +82,24 @@ def puzzle_reconstruction_loss(maps: Tensor, merged: Tensor, y: Tensor) -> Tenso
 # OC-CSE / P-NOC
 
 
-def sample_present_class(y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def sample_present_class(
+    y: Tensor, generator: torch.Generator | None = None, *, noise: Tensor | None = None
+) -> Tensor:
     """One class drawn uniformly among each image's present classes.
 
     y: (B, K) multi-hot -> r: (B,) long; r = −1 for images with no present class.
-    ``generator`` (optional) makes the draw reproducible; it may live on any device.
+    ``noise`` (B, K) uniform in [0, 1), when given, is the draw (the class of the largest noise
+    among the present ones): drawn per sample from its seed, it makes the class of an image the
+    same whatever batch or worker the image lands in. Otherwise the noise comes from
+    ``generator`` (optional; it may live on any device) or torch's global RNG.
     """
     present = y > 0.5
-    device = generator.device if generator is not None else y.device
-    noise = torch.rand(y.shape, generator=generator, device=device).to(y.device)
+    if noise is None:
+        device = generator.device if generator is not None else y.device
+        noise = torch.rand(y.shape, generator=generator, device=device)
+    elif noise.shape != y.shape:
+        raise ValueError(f"noise: expected shape {tuple(y.shape)}, got {tuple(noise.shape)}")
+    noise = noise.to(y.device)
     r = noise.masked_fill(~present, -1.0).argmax(dim=1)
     return torch.where(present.any(dim=1), r, torch.full_like(r, -1))
 

@@ -148,11 +148,19 @@ class PNOC(CAMMethod):
             generator=generator,
         )
         self.noc = noc
+        self._noc_net: nn.Module = noc
         self.ow = ow
         self.mask_threshold = mask_threshold
 
     def modules(self) -> dict[str, nn.Module]:
         return {"generator": self.model, "noc": self.noc}
+
+    def use_modules(self, modules: dict[str, nn.Module]) -> None:
+        """As :meth:`CAMMethod.use_modules`; the noc's own update goes through
+        ``modules["noc"]``, while the generator step calls the noc itself: there it is a judge
+        whose weights take no gradient."""
+        super().use_modules(modules)
+        self._noc_net = modules["noc"]
 
     def param_groups(self, lr_mult_head: float = 10.0) -> dict[str, list[dict[str, Any]]]:
         return {
@@ -167,7 +175,7 @@ class PNOC(CAMMethod):
         self.noc.eval()
         with _no_weight_grads(self.noc):
             with ctx.autocast():
-                out = self._generator_forward(x, y, ctx.progress)
+                out = self._generator_forward(x, y, ctx.progress, batch.get("class_noise"))
             ctx.update("generator", out.loss, out.terms)
 
         # Noc step: find the classes without the generator's most discriminant region.
@@ -176,7 +184,7 @@ class PNOC(CAMMethod):
         x_noc = hard_erase(x, out.mask.detach(), self.mask_threshold)
         self.noc.train()
         with ctx.autocast():
-            noc_term = mlsm(gap(self.noc(x_noc)), out.targets)
+            noc_term = mlsm(gap(self._noc_net(x_noc)), out.targets)
             noc_loss = ow * noc_term
         ctx.update("noc", noc_loss, {"noc": noc_term})
 

@@ -20,13 +20,18 @@ from pnoc.data.reader import ImageLabelDataset
 from pnoc.data.transforms import eval_transform, to_tensor_image, to_tensor_mask
 from pnoc.errors import DatasetError
 
+_CLASS_NOISE_STREAM = 1  # SeedSequence([seed, 1]): independent of the augmentation's stream
+
 
 class ClassificationSet(torch.utils.data.Dataset):
     """Image-level view of a reader for CAM classifiers.
 
     Items (for an int or :class:`SampleKey`): ``image`` float32 3×H×W (normalised),
-    ``labels`` float32 (K,), ``id`` str, ``index`` int. The transform receives
-    ``np.random.default_rng(key.seed)`` (a plain int i uses seed i). Masks are not decoded.
+    ``labels`` float32 (K,), ``class_noise`` float32 (K,) uniform in [0, 1) (the draw of the
+    class an adversarial CAM method erases, :func:`pnoc.cam.losses.sample_present_class`),
+    ``id`` str, ``index`` int. The transform receives ``np.random.default_rng(key.seed)`` (a plain
+    int i uses seed i); ``class_noise`` comes from an independent stream of the same seed.
+    Masks are not decoded.
     """
 
     def __init__(
@@ -42,9 +47,11 @@ class ClassificationSet(torch.utils.data.Dataset):
         index, seed = key_index(key)
         sample = self.dataset.get(index, mask=False)
         image, _ = self.transform(sample.image, None, np.random.default_rng(seed))
+        noise = np.random.default_rng([seed, _CLASS_NOISE_STREAM]).random(len(sample.labels))
         return {
             "image": to_tensor_image(image),
             "labels": torch.from_numpy(sample.labels),
+            "class_noise": torch.from_numpy(noise.astype(np.float32)),
             "id": sample.id,
             "index": index,
         }

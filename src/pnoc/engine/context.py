@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from pnoc.engine import distributed
 from pnoc.engine.optim import PolyLR
 from pnoc.errors import ConfigError, NonFiniteLossError
 
@@ -151,14 +152,19 @@ class TrainContext:
             torch.as_tensor(v).detach().to(device=loss.device, dtype=torch.float32).reshape(-1)
             for _, v in named
         ]
-        if bool(torch.isfinite(torch.cat(flat)).all()):  # one device sync for all terms
+        finite = bool(torch.isfinite(torch.cat(flat)).all())  # one device sync for all terms
+        # Data parallel: every rank stops on the same step (else the others wait forever).
+        if not distributed.any_rank(not finite):
             return
+        if self._on_nonfinite is not None:
+            self._on_nonfinite()
         for (name, _), values in zip(named, flat, strict=True):
             bad = values[~torch.isfinite(values)]
             if bad.numel():
-                if self._on_nonfinite is not None:
-                    self._on_nonfinite()
                 raise NonFiniteLossError(self.step, name, float(bad[0].item()))
+        raise NonFiniteLossError(
+            self.step, f"loss of another worker than {distributed.world()}", float("nan")
+        )
 
     def _begin_micro(self, micro_step: int) -> None:
         self.micro_step = micro_step

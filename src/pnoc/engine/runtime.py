@@ -22,6 +22,7 @@ import torch
 
 from pnoc.config import DEVICE_PATTERN, BaseParams
 from pnoc.engine.checkpoint import CheckpointConfig
+from pnoc.engine.distributed import worker_device
 from pnoc.engine.progress import track
 from pnoc.errors import ConfigError
 
@@ -78,6 +79,8 @@ class Runtime:
     callbacks: engine callbacks (:class:`pnoc.engine.Callback`), e.g. an MLflow logger or a
         sweep's epoch-end evaluation.
     channels_last: NHWC weights and images (see :func:`pnoc.engine.fit`).
+    sync_bn: under data-parallel training, BatchNorm statistics over the global batch
+        (``SyncBatchNorm``, CUDA only); without it each worker normalises its own part.
     """
 
     seed: int = 0
@@ -88,6 +91,7 @@ class Runtime:
     checkpoint: CheckpointConfig | None = None
     callbacks: Sequence[Any] = ()
     channels_last: bool = False
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "callbacks", tuple(self.callbacks))
@@ -97,14 +101,16 @@ class Runtime:
     @classmethod
     def from_params(cls, base: BaseParams, **changes: Any) -> Runtime:
         """The run settings params.yaml's ``base`` section gives (seed, device, AMP, workers,
-        progress), with ``changes`` (e.g. ``seed=1``, ``device="cuda:1"``) applied."""
-        device = changes.pop("device", None) or resolve_device(base.device)
+        progress, sync_bn; on CUDA under several workers, each on ``cuda:LOCAL_RANK``), with
+        ``changes`` (e.g. ``seed=1``, ``device="cuda:1"``) applied."""
+        device = changes.pop("device", None) or worker_device(resolve_device(base.device))
         runtime = cls(
             seed=base.seed,
             device=device,
             amp=base.amp,
             num_workers=base.num_workers,
             progress=base.progress,
+            sync_bn=base.sync_bn,
         )
         return runtime.replace(**changes)
 

@@ -59,6 +59,11 @@ class EpochSampler(Sampler[SampleKey]):
         start: first position to yield, so a resumed epoch continues where it stopped.
         drop_last_batch_size: if given, the epoch is truncated to a multiple of this batch size
             (the positions an incomplete last batch would hold are never yielded).
+        rank, world_size: data-parallel share. Every global batch of ``batch_size`` consecutive
+            positions is cut into ``world_size`` equal parts and rank ``r`` yields part ``r``,
+            so the ranks together see exactly the single-worker epoch, each sample with the
+            seed of its position. Needs ``batch_size`` (the global batch), divisible by
+            ``world_size``; ``start`` and the truncation stay in global positions.
     """
 
     def __init__(
@@ -70,6 +75,9 @@ class EpochSampler(Sampler[SampleKey]):
         shuffle: bool = True,
         start: int = 0,
         drop_last_batch_size: int | None = None,
+        batch_size: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if start < 0:
             raise ValueError(f"start must be >= 0, got {start}")
@@ -79,7 +87,18 @@ class EpochSampler(Sampler[SampleKey]):
         keys = epoch_keys(n, seed=seed, epoch=epoch, shuffle=shuffle)
         if drop_last_batch_size is not None:
             keys = keys[: len(keys) - len(keys) % drop_last_batch_size]
-        self._keys = keys[start:]
+        keys = keys[start:]
+        if world_size > 1:
+            if batch_size is None or batch_size % world_size:
+                raise ValueError(
+                    f"a global batch_size divisible by world_size {world_size} is needed to "
+                    f"shard an epoch, got {batch_size}"
+                )
+            if not 0 <= rank < world_size:
+                raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+            part = batch_size // world_size
+            keys = [k for p, k in enumerate(keys) if (p % batch_size) // part == rank]
+        self._keys = keys
 
     def __iter__(self) -> Iterator[SampleKey]:
         return iter(self._keys)
@@ -100,6 +119,8 @@ def make_loader(
     num_workers: int = 0,
     collate_fn: Callable[[list[Any]], Any] | None = None,
     pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
     """DataLoader over one epoch of ``dataset``, skipping the first ``start_batch`` batches.
 
@@ -108,6 +129,10 @@ def make_loader(
     ``(seed, epoch, start_batch)``) because a DataLoader otherwise draws its base seed from the
     global torch RNG each time it is iterated, which would make the training RNG stream depend on
     where a run was resumed.
+
+    With ``world_size`` > 1, ``batch_size`` is the global batch and ``start_batch`` counts global
+    batches; the loader yields this rank's ``batch_size / world_size`` part of each
+    (:class:`EpochSampler`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -118,12 +143,15 @@ def make_loader(
         shuffle=shuffle,
         start=start_batch * batch_size,
         drop_last_batch_size=batch_size if drop_last else None,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
     )
     gen_seed = int(_rng(seed, epoch, _STREAM_LOADER).integers(0, _INT63)) ^ start_batch
     generator = torch.Generator().manual_seed(gen_seed)
     return DataLoader(
         dataset,
-        batch_size=batch_size,
+        batch_size=batch_size // world_size,
         sampler=sampler,
         drop_last=drop_last,
         num_workers=num_workers,

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pnoc.engine import distributed
 from pnoc.engine.checkpoint import (
     CHECKPOINT_FORMAT,
     load_checkpoint,
@@ -65,6 +66,19 @@ def fit(
 
     Batches are moved to the device (tensors inside dicts, lists, tuples and named tuples).
     On success the checkpoint file is deleted: the caller writes the final model.
+
+    Data parallel: when a ``torch.distributed`` process group of several processes is
+    initialised (:mod:`pnoc.engine.distributed`), every trainable module is wrapped in
+    ``DistributedDataParallel`` and handed to the method's ``use_modules`` for its forward
+    passes (each module under its own DDP and its own optimizer: P-NOC's generator and noc keep
+    their update order; frozen networks such as the OC stay unwrapped). ``data.batch_size`` is
+    the global batch: each rank takes ``batch_size / world size`` consecutive positions of every
+    global batch of the seeded epoch order, with the positions' augmentation seeds, so the ranks
+    together train on exactly the single-worker batches. Logged metrics are averaged over the
+    ranks; only rank 0 saves checkpoints, and every rank resumes from rank 0's. A checkpoint
+    saved with another number of workers resumes too: the global batch and the order are the
+    same (BatchNorm statistics aside, which are per rank unless ``runtime.sync_bn``).
+    ``runtime.sync_bn`` converts BatchNorm layers to ``SyncBatchNorm`` (CUDA only, as torch's).
 
     A resumed run continues with the data order, augmentation seeds, global RNG streams and
     optimizer/schedule/scaler state of the interrupted one: on CPU it ends with exactly the
@@ -114,6 +128,18 @@ class _Run:
         self.callbacks = list(runtime.callbacks)
         self.modules = dict(method.modules())
         self.channels_last = runtime.channels_last
+        self.world = distributed.world()
+        if self.world.distributed:
+            distributed.per_rank_batch(batch_size, self.world.size)  # raises unless divisible
+            if n < batch_size:
+                raise ConfigError(
+                    f"the training dataset has {n} samples, fewer than the global batch_size "
+                    f"{batch_size} that {self.world.size} workers share"
+                )
+        if runtime.sync_bn and device.type != "cuda":
+            raise ConfigError(
+                f"base.sync_bn: torch's SyncBatchNorm runs on CUDA only; this run is on {device}"
+            )
 
         # Layout: micro-batches per epoch, then optimizer steps per epoch.
         self.batch_size = batch_size
@@ -184,21 +210,25 @@ class _Run:
             m.to(self.device).train()
             if self.channels_last:
                 m.to(memory_format=torch.channels_last)
+            if self.runtime.sync_bn and self.world.distributed:
+                nn.SyncBatchNorm.convert_sync_batchnorm(m)  # in place below the root; same params
         # Optimizer state created later follows the parameters' device; state loaded from a
         # checkpoint is cast to it by Optimizer.load_state_dict.
         hook = getattr(self.method, "on_train_start", None)
         if callable(hook):  # before resuming: RNG draws here must not shift the restored streams
             hook(self.ctx)
         resumed = self._try_resume()
+        if self.world.distributed:
+            self._use(self._wrap_ddp())
 
         progress = TrainingProgress(
             epochs=self.epochs,
             steps_per_epoch=self.steps_per_epoch,
             images_per_step=self.images_per_step,
             start_step=self.global_step,
-            enabled=self.runtime.progress,
+            enabled=self.runtime.progress and self.world.is_main,
         )
-        progress.start(f"{self.device}, {self._precision()}")
+        progress.start(f"{self._where()}, {self._precision()}")
         try:
             while self.epoch < self.epochs:
                 self._run_epoch(progress)
@@ -207,7 +237,9 @@ class _Run:
                     cb.on_train_end(self.ctx)
         finally:
             progress.close()
-        if self.checkpoint is not None:
+            if self.world.distributed:
+                self._use(self.modules)
+        if self.checkpoint is not None and self.world.is_main:
             self.checkpoint.path.unlink(missing_ok=True)
         return FitResult(
             steps=self.global_step,
@@ -216,6 +248,36 @@ class _Run:
             history=list(self.history),
             seconds=time.perf_counter() - t0,
         )
+
+    def _where(self) -> str:
+        if not self.world.distributed:
+            return str(self.device)
+        return (
+            f"{self.world.size} workers ({torch.distributed.get_backend()}, DDP, "
+            f"{self.batch_size // self.world.size} images each per micro-batch), {self.device}"
+        )
+
+    def _wrap_ddp(self) -> dict[str, nn.Module]:
+        """The modules as the method must call them: each one with trainable parameters under
+        its own ``DistributedDataParallel`` (rank 0's weights broadcast on wrapping)."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return {
+            k: DistributedDataParallel(m, device_ids=ids)
+            if any(p.requires_grad for p in m.parameters())
+            else m
+            for k, m in self.modules.items()
+        }
+
+    def _use(self, modules: dict[str, nn.Module]) -> None:
+        use = getattr(self.method, "use_modules", None)
+        if not callable(use):
+            raise ConfigError(
+                f"{type(self.method).__name__} cannot train data-parallel: it has no "
+                "use_modules() to receive its DistributedDataParallel modules"
+            )
+        use(modules)
 
     def _precision(self) -> str:
         if self.amp:
@@ -238,6 +300,8 @@ class _Run:
             num_workers=self.runtime.num_workers,
             collate_fn=self.data.collate_fn,
             pin_memory=self.device.type == "cuda",
+            rank=self.world.rank,
+            world_size=self.world.size,
         )
         batches = iter(loader)
         for step_in_epoch in range(self.batches_done // self.grad_accum, self.steps_per_epoch):
@@ -254,7 +318,7 @@ class _Run:
 
             self.global_step += 1
             self.batches_done = (step_in_epoch + 1) * self.grad_accum
-            metrics = _mean_dicts(micro_metrics)
+            metrics = distributed.mean_over_ranks(_mean_dicts(micro_metrics))
             metrics.update(lrs)
             for k, v in metrics.items():
                 self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v
@@ -305,10 +369,13 @@ class _Run:
             "epoch_sums": self.epoch_sums,
             "epoch_counts": self.epoch_counts,
             "rng": rng,
+            "world_size": self.world.size,
         }
 
     def _save(self) -> None:
         assert self.checkpoint is not None
+        if not self.world.is_main:
+            return
         save_checkpoint(self.checkpoint.path, self._state(rng_state()))
         log.debug("checkpoint saved at step %d: %s", self.global_step, self.checkpoint.path)
 
@@ -319,6 +386,8 @@ class _Run:
         earlier in the same step (P-NOC's generator before its noc): that one's update is kept.
         """
         assert self.checkpoint is not None and self._step_start_rng is not None
+        if not self.world.is_main:
+            return
         state = self._state(self._step_start_rng)
         state["global_step"] = self.ctx.step
         state["batches_done"] = (self.ctx.step - self.epoch * self.steps_per_epoch) * (
@@ -380,6 +449,14 @@ class _Run:
             self.batches_done,
             cfg.path,
         )
+        saved_by = int(state.get("world_size", 1))
+        if saved_by != self.world.size:
+            log.info(
+                "the checkpoint was saved by %d worker(s) and resumes with %d: same global batch "
+                "and sample order (per-worker BatchNorm statistics are not part of it)",
+                saved_by,
+                self.world.size,
+            )
         return self.global_step
 
 

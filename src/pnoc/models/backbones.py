@@ -91,14 +91,20 @@ class Backbone(StageFreezing):
         """Stem (``conv1``, ``bn1``) and ``layer1``, the first ``n`` of them (for freezing)."""
         return [nn.ModuleList([self.conv1, self.bn1]), self.layer1][:n]
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def deep_modules(self) -> list[nn.Module]:
+        """The stages after the stride-4 one (what ``low_only`` skips)."""
+        return [self.layer2, self.layer3, self.layer4]
+
+    def forward(self, x: Tensor, *, low_only: bool = False) -> dict[str, Tensor]:
         """x: (B, 3, H, W) -> {"low": (B, C_low, H/4, W/4), "out": (B, C_out, H/os, W/os)}.
 
         C_low = ``low_channels``, C_out = ``out_channels``; sizes round up for inputs that are
-        not multiples of the stride.
+        not multiples of the stride. ``low_only``: only ``"low"``, the deeper stages not run.
         """
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         low = self.layer1(x)
+        if low_only:
+            return {"low": low}
         out = self.layer4(self.layer3(self.layer2(low)))
         return {"low": low, "out": out}
 

@@ -76,10 +76,25 @@ class CCAMNet(BackboneNet, arch=ARCH):
         if features not in FEATURES:
             raise ValueError(f"features: expected one of {FEATURES}, got {features!r}")
         self.backbone = build_backbone(backbone_name, weights=weights, output_stride=output_stride)
+        self._features = "out"
         self.features = features
         channels = self.backbone.out_channels if features == "out" else self.backbone.low_channels
         self.head = Disentangler(channels)
         self.register_buffer("inverted", torch.tensor(False))
+
+    @property
+    def features(self) -> str:
+        """``"out"`` or ``"low"``. With ``"low"`` the backbone's deeper stages are neither run
+        nor trained (their parameters do not require gradients: they would get none)."""
+        return self._features
+
+    @features.setter
+    def features(self, value: str) -> None:
+        if value not in FEATURES:
+            raise ValueError(f"features: expected one of {FEATURES}, got {value!r}")
+        self._features = value
+        for module in self.backbone.deep_modules():
+            module.requires_grad_(value != "low")
 
     @property
     def output_width(self) -> int:
@@ -100,7 +115,7 @@ class CCAMNet(BackboneNet, arch=ARCH):
         are float32 (pooled under autocast in full precision); the orientation flag is not
         applied here.
         """
-        feats = self.backbone(x)[self.features]
+        feats = self.backbone(x, low_only=self.features == "low")[self.features]
         logits = self.head(feats)
         b, c, h, w = feats.shape
         p = torch.sigmoid(logits.float()).reshape(b, 1, h * w)

@@ -186,14 +186,21 @@ class EfficientNetLite0(StageFreezing):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def deep_modules(self) -> list[nn.Module]:
+        """The blocks after the stride-4 stage and the head (what ``low_only`` skips)."""
+        return [self.blocks[self.low_index + 1 :], self.conv_head, self.bn1]
+
+    def forward(self, x: Tensor, *, low_only: bool = False) -> dict[str, Tensor]:
         """x: (B, 3, H, W) -> {"low": (B, 24, H/4, W/4), "out": (B, 1280, H/os, W/os)}.
 
-        Sizes round up for inputs that are not multiples of the stride.
+        Sizes round up for inputs that are not multiples of the stride. ``low_only``: only
+        ``"low"``, the deeper blocks and the head not run.
         """
         x = x * self.input_scale + self.input_shift
         x = self.act(self.bn0(self.conv_stem(x)))
         low = self.blocks[: self.low_index + 1](x)
+        if low_only:
+            return {"low": low}
         y = self.blocks[self.low_index + 1 :](low)
         out = self.act(self.bn1(self.conv_head(y)))
         return {"low": low, "out": out}

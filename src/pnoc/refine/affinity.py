@@ -88,14 +88,20 @@ class AffinityMethod:
 
     def __init__(self, model: AffinityNet, radius: int) -> None:
         self.model = model
+        self._net: torch.nn.Module = model
         self.offsets = half_offsets(radius)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"affinity": self.model}
 
+    def use_modules(self, modules: dict[str, torch.nn.Module]) -> None:
+        """Where ``train_step``'s forward passes go: under data parallelism ``fit`` hands
+        the modules' ``DistributedDataParallel`` wrappers here, and the modules again after."""
+        self._net = modules["affinity"]
+
     def train_step(self, batch: dict[str, Any], ctx: Any) -> dict[str, float]:
         with ctx.autocast():
-            feats = self.model(batch["image"])
+            feats = self._net(batch["image"])
         labels = labels_to_features(batch["mask"], feats.shape[-2:])
         loss, terms = affinity_loss(feats.float(), labels, self.offsets)
         pairs = terms.pop("pairs")

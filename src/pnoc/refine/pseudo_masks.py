@@ -38,13 +38,21 @@ from pnoc.refine.random_walk import feature_affinities, neighbour_offsets, rando
 
 @torch.inference_mode()
 def affinity_features(model: AffinityNet, image: Tensor, *, flip: bool = True) -> Tensor:
-    """image (3, H, W) normalised -> features (C, ⌈H/4⌉, ⌈W/4⌉), flip-averaged."""
+    """image (3, H, W) normalised -> features (C, ⌈H/4⌉, ⌈W/4⌉), flip-averaged.
+
+    A batch of same-size images (B, 3, H, W) gives (B, C, ⌈H/4⌉, ⌈W/4⌉), each image's features
+    those it gets alone within float rounding (the mirrored copies join the same forward).
+    """
     model.eval()
-    x = image.unsqueeze(0)
+    single = image.dim() == 3
+    x = image.unsqueeze(0) if single else image
+    b = x.shape[0]
     if flip:
         feats = model(torch.cat([x, x.flip(-1)]))
-        return ((feats[0] + feats[1].flip(-1)) / 2).float()
-    return model(x)[0].float()
+        feats = ((feats[:b] + feats[b:].flip(-1)) / 2).float()
+    else:
+        feats = model(x).float()
+    return feats[0] if single else feats
 
 
 @torch.inference_mode()
@@ -127,7 +135,27 @@ def walk_pseudo_mask(
     :func:`saliency_gate`). image H×W×3 uint8, cams (k, H, W) -> (H, W) uint8."""
     x, _ = eval_transform()(image, None, np.random.default_rng(0))
     feats = affinity_features(model, torch.as_tensor(x).to(device), flip=cfg.flip).cpu()
-    scores = propagate_cams(cams, feats, beta=cfg.beta, exp_times=cfg.exp_times, radius=cfg.radius)
+    return features_pseudo_mask(
+        image, cams, classes, feats, cfg, saliency=saliency, saliency_threshold=saliency_threshold
+    )
+
+
+def features_pseudo_mask(
+    image: np.ndarray,
+    cams: np.ndarray,
+    classes: np.ndarray,
+    features: Tensor,
+    cfg: PseudoMaskParams,
+    *,
+    saliency: np.ndarray | None = None,
+    saliency_threshold: float = SaliencyParams().threshold,
+) -> np.ndarray:
+    """:func:`walk_pseudo_mask` from the image's AffinityNet ``features`` (C, h, w) (on the CPU,
+    e.g. one image's of a batch of :func:`affinity_features`): the walk, the background
+    threshold (or the dense CRF) and the saliency gate."""
+    scores = propagate_cams(
+        cams, features, beta=cfg.beta, exp_times=cfg.exp_times, radius=cfg.radius
+    )
     if cfg.crf:
         from pnoc.refine.crf import crf_mask
 

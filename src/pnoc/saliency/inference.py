@@ -35,20 +35,32 @@ def predict_saliency(model: CCAMNet, image: Tensor, flip: bool = True) -> np.nda
     """
     if image.dim() != 3:
         raise ValueError(f"image: expected (3, H, W), got {tuple(image.shape)}")
+    return predict_saliency_batch(model, image.unsqueeze(0), flip=flip)[0]
+
+
+def predict_saliency_batch(model: CCAMNet, images: Tensor, flip: bool = True) -> np.ndarray:
+    """:func:`predict_saliency` of a batch of same-size images: (B, 3, H, W) -> (B, H, W).
+
+    Each map is the one :func:`predict_saliency` gives its image alone, within float rounding
+    (the flipped copies go through the same forward: one 2B batch).
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images: expected (B, 3, H, W), got {tuple(images.shape)}")
     device = next(model.parameters()).device
-    x = image.to(device).unsqueeze(0)
+    x = images.to(device)
+    b = x.shape[0]
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             if flip:
                 sal = model.saliency(torch.cat([x, x.flip(-1)]))
-                sal = (sal[0] + sal[1].flip(-1)) / 2
+                sal = (sal[:b] + sal[b:].flip(-1)) / 2
             else:
-                sal = model.saliency(x)[0]
+                sal = model.saliency(x)
     finally:
         model.train(was_training)
-    return sal[0].float().clamp(0.0, 1.0).cpu().numpy()
+    return sal[:, 0].float().clamp(0.0, 1.0).cpu().numpy()
 
 
 def orientation_means(
@@ -251,6 +263,7 @@ __all__ = [
     "orientation",
     "orientation_means",
     "predict_saliency",
+    "predict_saliency_batch",
     "save_saliency_png",
     "saliency_confusion",
     "saliency_sweep_confusion",

@@ -82,6 +82,7 @@ class C2AMH:
                 f"delta_bg: expected 0 <= delta_bg <= delta_fg={delta_fg}, got {delta_bg}"
             )
         self.model = model
+        self._net: torch.nn.Module = model
         self.alpha = alpha
         self.delta_fg = delta_fg
         self.delta_bg = delta_bg
@@ -90,6 +91,11 @@ class C2AMH:
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"ccam": self.model}
+
+    def use_modules(self, modules: dict[str, torch.nn.Module]) -> None:
+        """Where ``train_step``'s forward passes go: under data parallelism ``fit`` hands
+        the modules' ``DistributedDataParallel`` wrappers here, and the modules again after."""
+        self._net = modules["ccam"]
 
     def param_groups(self, lr_mult_head: float = 10.0) -> dict[str, list[dict[str, Any]]]:
         return {"ccam": self.model.param_groups(lr_mult_head)}
@@ -100,7 +106,7 @@ class C2AMH:
         if hints is None and self.lambda_h > 0:
             raise ConfigError("C²AM-H with lambda_h > 0 needs a 'hint' entry in every batch")
         with ctx.autocast():
-            fg, bg, logits = self.model(x)
+            fg, bg, logits = self._net(x)
             loss, terms = ccam_loss(fg, bg, self.alpha)
             if hints is not None:
                 h = hint_map(hints.to(ctx.device, non_blocking=True), tuple(logits.shape[-2:]))

@@ -17,11 +17,17 @@ def predict_probs(
     model: nn.Module, image: Tensor, scales: Sequence[float] = (1.0,), flip: bool = True
 ) -> Tensor:
     """image (3, H, W) normalised -> class probabilities (C, H, W): the mean of the softmax
-    over scales (and mirrored copies), each resized back to H×W."""
+    over scales (and mirrored copies), each resized back to H×W.
+
+    A batch of same-size images (B, 3, H, W) gives (B, C, H, W), each image's probabilities
+    those it gets alone within float rounding (the mirrored copies join the same forward).
+    """
     was_training = model.training
     model.eval()
     try:
-        x = image.unsqueeze(0)
+        single = image.dim() == 3
+        x = image.unsqueeze(0) if single else image
+        b = x.shape[0]
         h, w = x.shape[-2:]
         total: Tensor | None = None
         for s in scales:
@@ -34,13 +40,14 @@ def predict_probs(
             batch = torch.cat([xs, xs.flip(-1)]) if flip else xs
             probs = model(batch).float().softmax(dim=1)
             if flip:
-                probs = (probs[:1] + probs[1:].flip(-1)) / 2
+                probs = (probs[:b] + probs[b:].flip(-1)) / 2
             probs = F.interpolate(probs, (h, w), mode="bilinear", align_corners=False)
             total = probs if total is None else total + probs
     finally:
         model.train(was_training)
     assert total is not None
-    return (total / len(scales))[0]
+    probs = total / len(scales)
+    return probs[0] if single else probs
 
 
 def segment_image(

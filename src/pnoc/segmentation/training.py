@@ -24,15 +24,21 @@ class SegmentationMethod:
         self, model: DeepLabV3Plus, label_smoothing: float = SegmentationParams().label_smoothing
     ) -> None:
         self.model = model
+        self._net: torch.nn.Module = model
         self.label_smoothing = label_smoothing
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"deeplab": self.model}
 
+    def use_modules(self, modules: dict[str, torch.nn.Module]) -> None:
+        """Where ``train_step``'s forward passes go: under data parallelism ``fit`` hands
+        the modules' ``DistributedDataParallel`` wrappers here, and the modules again after."""
+        self._net = modules["deeplab"]
+
     def train_step(self, batch: dict[str, Any], ctx: Any) -> dict[str, float]:
         target = batch["mask"]
         with ctx.autocast():
-            logits = self.model(batch["image"])
+            logits = self._net(batch["image"])
         if bool((target == IGNORE_INDEX).all()):
             loss = logits.float().sum() * 0.0  # nothing labelled in this batch
         else:

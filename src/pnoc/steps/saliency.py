@@ -9,6 +9,7 @@ saliency).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +20,17 @@ import torch
 
 from pnoc.data.transforms import eval_transform
 from pnoc.engine import Runtime
+from pnoc.engine.inference import (
+    DEFAULT_BATCH_SIZE,
+    gather_in_order,
+    inference_loop,
+    per_image,
+    sum_over_ranks,
+)
 from pnoc.metrics import iou_from_confusion
 from pnoc.models.ccam import CCAMNet
 from pnoc.saliency.inference import (
-    predict_saliency,
+    predict_saliency_batch,
     saliency_confusion,
     saliency_path,
     saliency_sweep_confusion,
@@ -53,28 +61,47 @@ def run(
     threshold: float,
     flip: bool,
     eval_split: str,
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> SaliencyResult:
-    """Predict, write and score the saliency of every split of ``datasets`` (name -> reader)."""
+    """Predict, write and score the saliency of every split of ``datasets`` (name -> reader).
+
+    ``batch_size``: images per forward pass. Under several workers each rank writes the maps of
+    its share of every split into ``out_dir`` (a folder they share); the counts are summed and
+    the shown images gathered over the ranks, so every rank returns what one worker computes
+    (:mod:`pnoc.engine.inference`).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = runtime.torch_device
     model = model.to(device).eval()
-    transform = eval_transform()
     result = SaliencyResult(report={"threshold": threshold})
     for split, dataset in datasets.items():
         counts = np.zeros((2, 2), dtype=np.int64)
         sweep = np.zeros((len(SWEEP), 2, 2), dtype=np.int64)
-        for image_id in runtime.track(dataset.ids, f"saliency {split}"):
-            image = dataset.load_image(image_id)
-            x, _ = transform(image, None, np.random.default_rng(0))
-            sal = predict_saliency(model, torch.as_tensor(x).to(device), flip=flip)
-            save_saliency_png(saliency_path(out_dir, image_id), sal)
-            gt = dataset.load_mask(image_id)
-            if gt is not None:
-                counts += saliency_confusion(sal, gt, threshold)
-                sweep += saliency_sweep_confusion(sal, gt, SWEEP)
-            if split == eval_split and len(result.shown) < SHOWN:
-                result.shown.append((image, sal))
+        shown: list[tuple[int, tuple[np.ndarray, np.ndarray]]] = []
+        keep = SHOWN if split == eval_split else 0
+        load = functools.partial(_load_item, dataset, keep)
+        what = f"saliency {split}"
+        with inference_loop(runtime, load, len(dataset), what, batch_size=batch_size) as groups:
+            for group in groups:
+                sals = per_image(
+                    lambda x: predict_saliency_batch(model, x, flip=flip),
+                    group,
+                    device,
+                    copies=2 if flip else 1,
+                )
+                for item, sal in zip(group, sals, strict=True):
+                    save_saliency_png(saliency_path(out_dir, item["id"]), sal)
+                    gt = item["gt"]
+                    if gt is not None:
+                        counts += saliency_confusion(sal, gt, threshold)
+                        sweep += saliency_sweep_confusion(sal, gt, SWEEP)
+                    if item["index"] < keep:
+                        shown.append((item["index"], (item["image"], sal)))
+        totals = sum_over_ranks(np.concatenate([counts.reshape(-1), sweep.reshape(-1)]))
+        counts, sweep = totals[:4].reshape(2, 2), totals[4:].reshape(sweep.shape)
+        if keep:
+            result.shown = gather_in_order(shown)
         iou = iou_from_confusion(counts)
         curve = [float(np.nanmean(iou_from_confusion(c))) for c in sweep]
         best = int(np.nanargmax(curve)) if counts.sum() else 0
@@ -89,3 +116,18 @@ def run(
     for key in ("miou", "best_miou", "best_threshold"):
         result.report[key] = result.report[eval_split][key]
     return result
+
+
+def _load_item(dataset: Any, keep: int, i: int) -> dict[str, Any]:
+    """Image ``i`` of ``dataset`` and its mask (None without one), normalised; the image
+    itself only when it is among the ``keep`` shown (runs in a loader worker)."""
+    image_id = dataset.ids[i]
+    image = dataset.load_image(image_id)
+    x, _ = eval_transform()(image, None, np.random.default_rng(0))
+    return {
+        "index": i,
+        "id": image_id,
+        "x": torch.as_tensor(x),
+        "gt": dataset.load_mask(image_id),
+        "image": image if i < keep else None,
+    }
