@@ -78,19 +78,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--epochs", type=int, default=4, help="epochs of train_oc and train_cam")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="global batch of train_oc and train_cam"
+    )
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["oc"]["epochs"] = params["cam"]["epochs"] = args.epochs
+    if args.batch_size:
+        params["oc"]["batch_size"] = params["cam"]["batch_size"] = args.batch_size
     work = args.work or Path(tempfile.mkdtemp(prefix="pnoc-ddp-quality-"))
     rows = [
         run_one(work, params, workers, seed) for workers in (1, args.workers) for seed in args.seeds
     ]
     print(
         f"machine: {os.cpu_count()} CPU cores; embedded data, default backbone, "
-        f"{args.epochs} epochs of train_oc and train_cam"
+        f"{args.epochs} epochs of train_oc and train_cam, global batch "
+        f"{params['cam']['batch_size']}"
     )
     print(f"{'workers':>7} {'seed':>4} {'val mIoU':>9} {'train mIoU':>10} {'wall s':>7}")
     for r in rows:
