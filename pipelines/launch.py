@@ -124,7 +124,7 @@ def _threads_per_worker(base: BaseParams) -> str:
 
 def _launch_torchrun(module: str, base: BaseParams) -> int:
     if base.nodes > 1:
-        _check_reachable(base.rdzv_endpoint or "", "base.rdzv_endpoint", local_ok=True)
+        _check_rendezvous(base.rdzv_endpoint or "")
     cmd = torchrun_command(module, base)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", _threads_per_worker(base))
@@ -141,13 +141,15 @@ def _launch_torchrun(module: str, base: BaseParams) -> int:
     return 0
 
 
-def _check_reachable(address: str, what: str, *, local_ok: bool = False) -> None:
-    """Fail fast, naming ``address``, when nothing accepts a TCP connection there."""
+def _check_rendezvous(address: str) -> None:
+    """Fail fast, naming ``address``, when no machine accepts a TCP connection there (this
+    machine's own address is fine: torchrun starts the rendezvous there)."""
+    what = "base.rdzv_endpoint"
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"{what}: expected host:port, got {address!r}")
-    if local_ok and host in ("localhost", "127.0.0.1", socket.gethostname()):
-        return  # this machine hosts the rendezvous: torchrun starts it
+    if host in ("localhost", "127.0.0.1", socket.gethostname()):
+        return
     timeout = min(TIMEOUT_S, 10.0)
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
