@@ -129,6 +129,28 @@ def ablate_cams_cmd(
     typer.echo(format_table(report))
 
 
+@app.command()
+def estimate(
+    params: Path = Path("params.yaml"),
+    probe_batch: Annotated[
+        int,
+        typer.Option(help="largest training batch probed (a larger one times more exactly)"),
+    ] = 4,
+    images: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--images", help="SPLIT=N: scale to N images of SPLIT instead of the dataset's count"
+        ),
+    ] = None,
+) -> None:
+    """Expected time and peak memory of every stage for the current params, from a short timed
+    probe of each stage at its real resolution on this machine (table also in MLflow)."""
+    from pnoc_pipelines.estimate import run
+
+    _, table = run(params, batch=probe_batch, counts=images)
+    typer.echo(table)
+
+
 def _project_store() -> str:
     """The tracking URI for commands that read a registered model: a SQLite store that does not
     exist is an error (run outside the project, it would be created empty)."""
@@ -275,6 +297,54 @@ app.add_typer(dev_app, name="dev")
 from pnoc_pipelines.sweep import app as sweep_app  # noqa: E402  (`pnoc sweep saliency|adversarial`)
 
 app.add_typer(sweep_app, name="sweep")
+
+
+recipe_app = typer.Typer(
+    no_args_is_help=True,
+    help="Named param sets (pipelines/recipes/): the authors' VOC 2012 and COCO 2014 settings.",
+)
+app.add_typer(recipe_app, name="recipe")
+
+
+@recipe_app.command("list")
+def recipe_list() -> None:
+    """The recipes, one per line with its description."""
+    from pnoc_pipelines import recipe
+
+    for name in recipe.available():
+        typer.echo(f"{name:<16} {recipe.load(name).description}")
+
+
+@recipe_app.command("show")
+def recipe_show(name: str) -> None:
+    """The params a recipe sets, one dotted key per line."""
+    from pnoc_pipelines import recipe
+
+    for key, value in recipe.load(name).values.items():
+        typer.echo(f"{key}: {json.dumps(value)}")
+
+
+@recipe_app.command("apply")
+def recipe_apply(
+    name: str,
+    params: Annotated[Path, typer.Option(help="the params file to edit")] = Path("params.yaml"),
+) -> None:
+    """Write a recipe into params.yaml (comments and every other key kept); `dvc params diff`
+    then shows what it changed."""
+    from pnoc_pipelines import recipe
+
+    changes = recipe.apply(name, params)
+    for line in changes:
+        typer.echo(f"  {line}")
+    typer.echo(f"recipe {name}: {len(changes)} key(s) changed in {params}")
+
+
+@recipe_app.command("args")
+def recipe_args(name: str) -> None:
+    """A recipe as `-S key=value` options: dvc exp run $(pnoc recipe args NAME)."""
+    from pnoc_pipelines import recipe
+
+    typer.echo(" ".join(recipe.set_args(name)))
 
 
 def main() -> None:

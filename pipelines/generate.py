@@ -1,7 +1,10 @@
-"""Stage ``generate``: write the embedded VOC-format dataset to data/synthetic.
+"""Stage ``generate``: write the embedded dataset to data/synthetic.
 
-Deterministic: the same ``data.synthetic`` params give byte-identical files, so DVC caches it
-once. It is cheap and runs even when the pipeline points at real data (``data.name`` voc/coco14).
+In the layout ``data.synthetic.layout`` (voc, voc_sbd or coco), at ``data.synthetic.shape``
+([width, height]; null: square ``data.image_size``). Deterministic: the same params give
+byte-identical files, so DVC caches it once. It is cheap and runs even when the pipeline points
+at real data; with ``data.name`` voc or coco14 and ``data.root`` data/synthetic, the real-data
+recipes run on it (config.py checks that the name reads the layout).
 """
 
 from __future__ import annotations
@@ -26,10 +29,15 @@ def run() -> None:
             cooccurrence=syn.cooccurrence,
             body_size=syn.body_size,
             mark_area=syn.mark_area,
+            shape=syn.shape,
+            layout=syn.layout,
         )
         flat = {k: v for k, v in stats.to_dict().items() if isinstance(v, int | float)}
         mlflow.log_metrics({f"synthetic.{k}": float(v) for k, v in flat.items()})
-        print(f"generated {syn.train} train / {syn.val} val images in {SYNTHETIC_ROOT}")
+        print(
+            f"generated {syn.train} train / {syn.val} val {stats.width}x{stats.height} images "
+            f"in {SYNTHETIC_ROOT} ({syn.layout} layout)"
+        )
 
 
 if __name__ == "__main__":

@@ -7,10 +7,13 @@ confusion matrix); ``plots/`` the curves and pictures `dvc plots show` gathers.
 dvc.yaml lists the same paths per stage (deps, outs, metrics, plots);
 tests/pipelines/test_contracts.py checks that each stage module uses exactly the paths its
 dvc.yaml entry names. The embedded dataset's folder is the library's
-:data:`pnoc.config.SYNTHETIC_ROOT`.
+:data:`pnoc.config.SYNTHETIC_ROOT`, the prepared data's :data:`pnoc.data.prepared.PREPARED_ROOT`
+(the readers find it there by default).
 """
 
 from pathlib import Path
+
+from pnoc.data.prepared import PREPARED_ROOT
 
 PARAMS_FILE = Path("params.yaml")
 DVC_FILE = Path("dvc.yaml")
@@ -19,6 +22,9 @@ CHECKPOINT_DIR = Path(".pnoc/checkpoints")  # resumable training state, outside 
 
 PARAMS_CHECK = Path("reports/params_check.json")  # every other stage depends on it
 
+# What `prepare` derives from the dataset (SBD → SegmentationClassAug, COCO masks and labels),
+# read back by every stage that opens the dataset: the library's pnoc.data.prepared.PREPARED_ROOT.
+PREPARED_DATA = PREPARED_ROOT
 DATASET_METRICS = Path("metrics/dataset.json")
 DATASET_REPORT = Path("reports/dataset_details.json")
 SAMPLES_PLOT = Path("plots/samples.png")
@@ -62,3 +68,4 @@ SEGMENTATION_PLOT = Path("plots/segmentation_overlay.png")
 
 REGISTRY_REPORT = Path("reports/registry.json")
 ABLATION_REPORT = Path("reports/ablation_cams.json")
+ESTIMATE_REPORT = Path("reports/estimate.json")

@@ -1,8 +1,11 @@
-"""Stage ``prepare``: check the dataset named by ``data`` and report its statistics.
+"""Stage ``prepare``: prepare and check the dataset named by ``data``; report its statistics.
 
-Reads the embedded dataset or a real VOC / COCO 2014 folder through the same readers the
-training stages use, decodes every image and mask (so a corrupt file fails here, naming it),
-and writes ``metrics/dataset.json`` (foreground classes, images per split),
+Writes what is derived from the dataset to ``data/prepared`` (VOC: ``SegmentationClassAug`` and
+``train_aug.txt`` built from ``<root>/SBD``; COCO 2014: class masks and labels, resumably; see
+:mod:`pnoc.steps.prepare`), in ``PNOC_PREPARE_WORKERS`` processes (default: the CPUs, at most
+8). Then reads the dataset through the same readers the training stages use, decodes every image
+and mask (so a corrupt file fails here, naming it), and writes ``metrics/dataset.json``
+(foreground classes, images per split),
 ``reports/dataset_details.json`` (files checked and skipped, labels per image, images per class)
 and a sample grid with masks overlaid.
 """
@@ -14,6 +17,7 @@ from typing import Any
 import mlflow
 
 from pnoc.config import DataParams
+from pnoc.data.prepared import default_workers
 from pnoc.io import write_json
 from pnoc.steps import prepare
 from pnoc.viz import sample_grid
@@ -34,7 +38,7 @@ def headline(report: dict[str, Any], data: DataParams) -> dict[str, Any]:
 def run() -> None:
     with stage("prepare") as ctx:
         data = ctx.params.data
-        report, train = prepare.run(data)
+        report, train = prepare.run(data, paths.PREPARED_DATA, num_workers=default_workers())
         metrics = headline(report, data)
         write_json(paths.DATASET_METRICS, metrics)
         write_json(paths.DATASET_REPORT, report)
@@ -52,7 +56,7 @@ def run() -> None:
         print(
             f"dataset {data.name} at {data.root}: "
             + ", ".join(f"{s} {report[s]['images']} images" for s in splits)
-            + f", {metrics['classes']} classes"
+            + f", {metrics['classes']} classes; prepared files in {paths.PREPARED_DATA}"
         )
 
 

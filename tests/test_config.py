@@ -26,6 +26,9 @@ def test_defaults_and_params_yaml_parse(tiny_params):
         ({"data": {"synthetic": {"classes": 0}}}, "data.synthetic.classes"),
         ({"data": {"synthetic": {"body_size": [0.6, 0.3]}}}, "data.synthetic.body_size"),
         ({"data": {"synthetic": {"mark_area": [0.0, 0.1]}}}, "data.synthetic.mark_area"),
+        ({"data": {"synthetic": {"shape": [500, 16]}}}, "data.synthetic.shape"),
+        ({"data": {"synthetic": {"shape": [500]}}}, "data.synthetic.shape"),
+        ({"data": {"synthetic": {"layout": "kitti"}}}, "data.synthetic.layout"),
         ({"cam": {"method": "magic"}}, "cam.method"),
         ({"cam": {"frozen_stages": 3}}, "cam.frozen_stages"),
     ],
@@ -84,6 +87,44 @@ def test_section_checks_name_the_full_key(override, message):
 def test_synthetic_root_is_fixed():
     with pytest.raises(ConfigError, match="data/synthetic"):
         parse_params({"data": {"root": "elsewhere"}})
+
+
+def test_synthetic_shape_and_layout():
+    data = parse_params({"data": {"synthetic": {"shape": [500, 375]}}}).data
+    assert data.synthetic.shape == (500, 375) and data.image_size == 96
+    assert data.synthetic.layout == "voc" and parse_params({}).data.synthetic.shape is None
+
+
+@pytest.mark.parametrize(
+    ("name", "layout"), [("voc", "voc"), ("voc", "voc_sbd"), ("coco14", "coco")]
+)
+def test_real_recipes_run_on_the_generated_folder(name, layout):
+    """data.root data/synthetic is the generate stage's output: no existence check, and the
+    layout it is generated in must be one that data.name reads."""
+    raw = {"data": {"name": name, "root": "data/synthetic", "synthetic": {"layout": layout}}}
+    data = parse_params(raw).data
+    assert (data.name, data.synthetic.layout) == (name, layout)
+
+
+@pytest.mark.parametrize(
+    ("name", "layout"),
+    [("voc", "coco"), ("coco14", "voc"), ("coco14", "voc_sbd"), ("synthetic", "voc_sbd"),
+     ("synthetic", "coco")],
+)  # fmt: skip
+def test_name_and_generated_layout_must_agree(name, layout):
+    raw = {"data": {"name": name, "root": "data/synthetic", "synthetic": {"layout": layout}}}
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw, source="params.yaml")
+    msg = str(err.value)
+    assert msg.startswith("params.yaml: data.synthetic.layout: ")
+    assert f"'{layout}'" in msg and f"data.name '{name}'" in msg and "data/synthetic" in msg
+    assert "\n" not in msg
+
+
+def test_layout_is_free_when_data_is_elsewhere(tmp_path: Path):
+    """Pointing at a real folder, the generated layout is nobody's input."""
+    raw = {"data": {"name": "voc", "root": str(tmp_path), "synthetic": {"layout": "coco"}}}
+    assert parse_params(raw).data.synthetic.layout == "coco"
 
 
 def test_threshold_values_and_flatten():

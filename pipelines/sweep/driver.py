@@ -26,7 +26,7 @@ from pnoc.tune import Sweep, load_sweep, to_ray
 from pnoc_pipelines.paths import PARAMS_FILE as PARAMS
 from pnoc_pipelines.paths import SWEEP_CONFIG
 from pnoc_pipelines.sweep import trial
-from pnoc_pipelines.sweep.apply import apply_best
+from pnoc_pipelines.params_file import set_params
 from pnoc_pipelines.sweep.cluster import ray_session, resolve_address
 from pnoc_pipelines.sweep.paths import Lock, SweepPaths, sweep_paths
 from pnoc_pipelines.sweep.plots import write_plots
@@ -200,7 +200,7 @@ def run_sweep(
             raise PnocError("the sweep was interrupted: rerun it to finish before --apply")
         if best is None:
             raise PnocError(f"sweep {paths.name}: no trial finished; nothing to apply")
-        applied = apply_best(params_file, read_best(paths.best))
+        applied = set_params(params_file, read_best(paths.best), origin="the sweep's winners")
     return SweepOutcome(
         paths.name, sweep.metric, s.mode, paths, records, best, interrupted, applied
     )

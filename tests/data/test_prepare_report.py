@@ -9,14 +9,14 @@ from pnoc.data.voc import VOCDataset
 from pnoc.steps import prepare
 
 
-def test_split_size_excludes_skipped_images(voc_copy: Path) -> None:
+def test_split_size_excludes_skipped_images(voc_copy: Path, tmp_path: Path) -> None:
     ids = (voc_copy / "ImageSets/Segmentation/train.txt").read_text().split()
     (voc_copy / "JPEGImages" / f"{ids[0]}.jpg").unlink()  # dropped when the list is read
     truncated = voc_copy / "JPEGImages" / f"{ids[5]}.jpg"
     truncated.write_bytes(truncated.read_bytes()[:200])  # dropped by validation
     data = DataParams(name="voc", root=voc_copy, skip_bad=True)
 
-    report, train = prepare.run(data)
+    report, train = prepare.run(data, tmp_path / "prepared")
 
     stats = report["train"]
     assert stats["skipped"] == 2

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from pnoc.errors import ConfigError
 from pnoc.tune import Sweep, apply_overrides, load_sweep
-from pnoc_pipelines.sweep.apply import apply_best
+from pnoc_pipelines.params_file import set_params
 from pnoc_pipelines.sweep.cluster import resolve_address
 from pnoc_pipelines.sweep.paths import sweep_paths
 from pnoc_pipelines.sweep.plots import write_plots
@@ -39,7 +39,7 @@ def test_apply_changes_exactly_the_searched_keys(tmp_path: Path):
         # its current value: the line stays as it was
         "saliency.weights": yaml.safe_load(original)["saliency"]["weights"],
     }
-    changes = apply_best(path, values)
+    changes = set_params(path, values, origin="the sweep's winners")
     assert len(changes) == 3
     new = path.read_text()
     old_lines, new_lines = original.splitlines(), new.splitlines()
@@ -66,7 +66,7 @@ def test_apply_refuses_an_invalid_result_and_leaves_the_file(tmp_path: Path):
     path = tmp_path / "params.yaml"
     path.write_text((REPO / "params.yaml").read_text())
     with pytest.raises(ConfigError, match="delta_fg"):
-        apply_best(path, {"saliency.delta_fg": 1.5})
+        set_params(path, {"saliency.delta_fg": 1.5}, origin="the sweep's winners")
     assert path.read_text() == (REPO / "params.yaml").read_text()
 
 

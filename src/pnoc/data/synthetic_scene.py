@@ -3,6 +3,11 @@
 :func:`render_scene` draws image ``index`` of ``split`` from
 ``np.random.default_rng([seed, split_code, index])``, so it is a pure function of its
 arguments. See :mod:`pnoc.data.synthetic` for what the scenes are made to test.
+
+Images are square (``image_size`` an int) or ``(width, height)``; every length of the scene
+(body and distractor sizes) is a fraction of the **shorter side**, so a 500×375 image holds
+objects of the same pixel size as a 375×375 one, with more room around them. A square
+``(s, s)`` gives exactly the image of ``s``.
 """
 
 from __future__ import annotations
@@ -56,7 +61,12 @@ class SceneObject:
 
 @dataclass
 class Scene:
-    """One generated image: H×W×3 uint8 image, H×W uint8 mask (255 = ignore) and metadata."""
+    """One generated image: H×W×3 uint8 image, H×W uint8 mask (255 = ignore) and metadata.
+
+    ``label`` is the mask without the ignore band (what SBD's masks look like) and
+    ``instances`` the visible object per pixel (index into ``objects``; -1: background), from
+    which the COCO layout's instance annotations are made.
+    """
 
     image: np.ndarray
     mask: np.ndarray
@@ -64,6 +74,8 @@ class Scene:
     background_texture: int
     background_from_class: bool  # the background is the preferred texture of a present class
     num_distractors: int
+    label: np.ndarray
+    instances: np.ndarray
 
 
 @dataclass
@@ -82,11 +94,11 @@ class _Footprint:
 
 
 def _footprint(
-    shape: ShapeFn, cx: float, cy: float, r: float, theta: float, size: int
+    shape: ShapeFn, cx: float, cy: float, r: float, theta: float, width: int, height: int
 ) -> _Footprint | None:
     ext = EXTENT * r
-    x0, x1 = max(0, math.floor(cx - ext)), min(size, math.ceil(cx + ext))
-    y0, y1 = max(0, math.floor(cy - ext)), min(size, math.ceil(cy + ext))
+    x0, x1 = max(0, math.floor(cx - ext)), min(width, math.ceil(cx + ext))
+    y0, y1 = max(0, math.floor(cy - ext)), min(height, math.ceil(cy + ext))
     if x0 >= x1 or y0 >= y1:
         return None
     ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
@@ -147,22 +159,32 @@ def render_scene(
     split: str,
     index: int,
     num_classes: int,
-    image_size: int,
+    image_size: int | tuple[int, int],
     cooccurrence: float = COOCCURRENCE_PROB,
     body_size: tuple[float, float] = BODY_SIZE,
     mark_area: tuple[float, float] = MARK_AREA,
 ) -> Scene:
-    """Generate image ``index`` of ``split``; a pure function of its arguments."""
+    """Generate image ``index`` of ``split``; a pure function of its arguments.
+
+    ``image_size``: the side of a square image, or ``(width, height)``.
+    """
     radius = (body_size[0] / 2, body_size[1] / 2)
     rng = np.random.default_rng([seed, SPLITS[split], index])
-    size = image_size
+    if isinstance(image_size, int):
+        width = height = image_size
+    else:
+        width, height = (int(v) for v in image_size)
+    size = min(width, height)  # lengths scale with the shorter side
+    # Upper bounds of object centres (x, y); for a square image this draws exactly what
+    # ``rng.uniform(lo, size - lo, size=2)`` draws.
+    extent = np.array([width, height], dtype=np.float64)
     names = CLASS_NAMES[:num_classes]
 
     # 1. Layout: classes (with repetition), then geometry with occlusion constraints.
     n_obj = int(rng.integers(1, 4))
     classes = rng.integers(0, num_classes, size=n_obj)
-    owner = np.full((size, size), -1, dtype=np.int16)  # visible object per pixel
-    mark_owner = np.full((size, size), -1, dtype=np.int16)  # visible mark per pixel
+    owner = np.full((height, width), -1, dtype=np.int16)  # visible object per pixel
+    mark_owner = np.full((height, width), -1, dtype=np.int16)  # visible mark per pixel
     placed: list[dict[str, Any]] = []
     for k in classes:
         k = int(k)
@@ -171,10 +193,10 @@ def render_scene(
             # Slim silhouettes (star, arrow) get a larger radius so bodies have similar areas.
             r = rng.uniform(*radius) * size * (_REF_AREA / shape_area(names[k])) ** 0.25
             theta = rng.uniform(0.0, 2 * math.pi)
-            cx, cy = rng.uniform(0.5 * r, size - 0.5 * r, size=2)
+            cx, cy = rng.uniform(0.5 * r, extent - 0.5 * r)
             if not placed and attempt == PLACEMENT_TRIES - 1:
-                cx = cy = size / 2  # last resort: every image gets at least one object
-            fp = _footprint(shape, cx, cy, r, theta, size)
+                cx, cy = width / 2, height / 2  # last resort: every image gets an object
+            fp = _footprint(shape, cx, cy, r, theta, width, height)
             full_area = shape_area(names[k]) * r * r
             if fp is None or fp.inside.sum() < MIN_IN_IMAGE * full_area:
                 continue
@@ -218,15 +240,15 @@ def render_scene(
     else:
         tex_index = int(rng.integers(0, num_classes + NEUTRAL_TEXTURES))
         from_class = tex_index in present
-    image = render_texture(texture_for(tex_index), size, rng)
+    image = render_texture(texture_for(tex_index), (width, height), rng)
 
     # 3. Distractors: body-like tinted blobs (unions of discs) of no class, behind objects.
     n_dis = int(rng.integers(0, 3))
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
     for _ in range(n_dis):
         r = rng.uniform(0.06, 0.14) * size
-        c = rng.uniform(0, size, size=2)
-        blob = np.zeros((size, size), dtype=bool)
+        c = rng.uniform(0, extent)
+        blob = np.zeros((height, width), dtype=bool)
         for _ in range(3):
             o = c + rng.uniform(-0.6, 0.6, size=2) * r
             rr = rng.uniform(0.4, 0.8) * r
@@ -235,7 +257,7 @@ def render_scene(
         image[blob] = body_texture(xx[blob], yy[blob]) * tint
 
     # 4. Objects in order (later on top): shared body texture, then the class mark.
-    label = np.zeros((size, size), dtype=np.uint8)
+    label = np.zeros((height, width), dtype=np.uint8)
     for p in placed:
         fp: _Footprint = p["fp"]
         win = fp.window
@@ -267,8 +289,8 @@ def render_scene(
         truncated = bool(
             (fp.y0 == 0 and inside[0].any())
             or (fp.x0 == 0 and inside[:, 0].any())
-            or (fp.y1 == size and inside[-1].any())
-            or (fp.x1 == size and inside[:, -1].any())
+            or (fp.y1 == height and inside[-1].any())
+            or (fp.x1 == width and inside[:, -1].any())
         )
         objects.append(
             SceneObject(
@@ -279,4 +301,6 @@ def render_scene(
                 visible_fraction=float(min(1.0, visible.sum() / p["area"])),
             )
         )
-    return Scene(image_u8, mask, objects, tex_index, from_class, n_dis)
+    return Scene(
+        image_u8, mask, objects, tex_index, from_class, n_dis, label=label, instances=owner
+    )

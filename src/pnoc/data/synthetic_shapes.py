@@ -200,9 +200,15 @@ def mark_for(k: int) -> Mark:
     return Mark(colour=tuple(colour.tolist()), second=second, pattern=pattern)
 
 
-def render_texture(tex: Texture, size: int, rng: np.random.Generator) -> np.ndarray:
-    """size×size×3 float32 texture with a random phase and a small random angle jitter."""
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+def render_texture(
+    tex: Texture, size: int | tuple[int, int], rng: np.random.Generator
+) -> np.ndarray:
+    """H×W×3 float32 texture with a random phase and a small random angle jitter.
+
+    ``size`` is the side of a square image or ``(width, height)``.
+    """
+    width, height = (size, size) if isinstance(size, int) else size
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     ang = tex.angle + rng.uniform(-0.2, 0.2)
     phase = rng.uniform(0.0, tex.period, size=2)
     xr = x * math.cos(ang) + y * math.sin(ang) + phase[0]
@@ -217,11 +223,11 @@ def render_texture(tex: Texture, size: int, rng: np.random.Generator) -> np.ndar
     elif tex.kind == 3:
         m = 0.5 + 0.5 * np.sin(2 * np.pi * xr / p + 1.5 * np.sin(np.pi * yr / p))
     else:
-        cells = max(2, size // 8 + 2)
-        small = (rng.random((cells, cells)) * 255).astype(np.uint8)
+        cells_x, cells_y = max(2, width // 8 + 2), max(2, height // 8 + 2)
+        small = (rng.random((cells_y, cells_x)) * 255).astype(np.uint8)
         m = (
             np.asarray(
-                Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC),
+                Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC),
                 dtype=np.float32,
             )
             / 255.0

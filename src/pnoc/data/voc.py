@@ -9,6 +9,11 @@ Layout under ``root``::
     class_names.txt                     optional; one name per line, "background" first
     SegmentationClassAug/<id>.png       optional train_aug convention (SBD-augmented masks),
     ImageSets/SegmentationAug/<split>.txt  used when both exist and ``use_aug`` is true
+    SBD/                                the SBD release, from which the ``prepare`` stage
+                                        builds the two above (:mod:`pnoc.data.prepare_voc`)
+
+``SegmentationClassAug`` and its lists are looked for first in ``prepared`` (the ``prepare``
+stage's output folder, where it writes them when it builds them from SBD), then in ``root``.
 
 Every problem with the files raises :class:`~pnoc.errors.DatasetError` naming the file.
 The torch views of a reader are in :mod:`pnoc.data.torch_sets`, the image and mask file
@@ -36,7 +41,7 @@ from pnoc.data.files import (
 from pnoc.data.reader import ImageLabelDataset
 from pnoc.errors import ConfigError, DatasetError
 
-__all__ = ["VOC_CLASSES", "VOCDataset"]
+__all__ = ["VOC_CLASSES", "VOCDataset", "train_aug_missing"]
 
 
 #: Pascal VOC 2012 class names, background first (index = mask value).
@@ -49,6 +54,29 @@ VOC_CLASSES: tuple[str, ...] = (
 )  # fmt: skip
 
 
+#: The SBD-augmented training split and where its masks and list live (in a VOC root or in
+#: the ``prepare`` stage's folder).
+TRAIN_AUG = "train_aug"
+AUG_MASK_DIR = Path("SegmentationClassAug")
+AUG_LIST_DIR = Path("ImageSets") / "SegmentationAug"
+#: Where the SBD release goes in a VOC root: its ``dataset`` folder's contents (cls/, train.txt,
+#: val.txt), the ``dataset`` folder itself, or the whole ``benchmark_RELEASE`` folder.
+SBD_DIR = "SBD"
+
+
+def train_aug_missing(root: Path, prepared: str | Path | None = None) -> DatasetError:
+    """The error for a ``train_aug`` split that neither ``root`` nor ``prepared`` holds."""
+    where = f"{root}" + (f" or {prepared}" if prepared is not None else "")
+    return DatasetError(
+        root / AUG_LIST_DIR / f"{TRAIN_AUG}.txt",
+        f"split '{TRAIN_AUG}' needs {AUG_MASK_DIR}/ and {AUG_LIST_DIR}/{TRAIN_AUG}.txt, found in "
+        f"neither {where}. Put the SBD release at {root / SBD_DIR} (the contents of "
+        "benchmark_RELEASE/dataset: cls/*.mat, train.txt, val.txt) and run the prepare stage "
+        f"(`dvc repro prepare`), which builds them; or put both into {root}; or train on VOC's "
+        "own masks with data.train_split=train",
+    )
+
+
 class VOCDataset(ImageLabelDataset):
     """Pascal VOC 2012 layout reader producing :class:`~pnoc.data.base.Sample`.
 
@@ -58,10 +86,12 @@ class VOCDataset(ImageLabelDataset):
         class_names: names with background first; default: ``root/class_names.txt`` when
             present, else :data:`VOC_CLASSES`.
         use_aug: use ``SegmentationClassAug`` + ``ImageSets/SegmentationAug/<split>.txt``
-            when both exist.
+            when both exist (in ``prepared``, else in ``root``).
         skip_bad: drop ids whose image is missing or whose XML is bad (recorded in
             ``skipped`` and logged) instead of raising; :meth:`validate` then also drops
             undecodable samples. Corrupt files met by ``__getitem__`` always raise.
+        prepared: the ``prepare`` stage's output folder (:mod:`pnoc.data.prepare_voc`), looked
+            in first for ``SegmentationClassAug`` and its lists; ``None``: ``root`` only.
 
     Image-level labels come from ``Annotations/<id>.xml`` (every <object>, difficult ones
     included), parsed at construction; ids without an XML get labels from their mask
@@ -76,19 +106,23 @@ class VOCDataset(ImageLabelDataset):
         class_names: Sequence[str] | None = None,
         use_aug: bool = True,
         skip_bad: bool = False,
+        prepared: str | Path | None = None,
     ) -> None:
         super().__init__(root, split, skip_bad=skip_bad)
         if not self.root.is_dir():
             raise DatasetError(self.root, "dataset root folder does not exist")
 
-        aug_list = self.root / "ImageSets" / "SegmentationAug" / f"{split}.txt"
-        aug_masks = self.root / "SegmentationClassAug"
-        self.uses_aug = use_aug and aug_masks.is_dir() and aug_list.is_file()
-        if self.uses_aug:
-            self.list_path, self.mask_dir = aug_list, aug_masks
-        else:
-            self.list_path = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
-            self.mask_dir = self.root / "SegmentationClass"
+        self.uses_aug = False
+        self.list_path = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        self.mask_dir = self.root / "SegmentationClass"
+        for base in ([Path(prepared)] if prepared is not None else []) + [self.root]:
+            aug_list = base / AUG_LIST_DIR / f"{split}.txt"
+            aug_masks = base / AUG_MASK_DIR
+            if use_aug and aug_masks.is_dir() and aug_list.is_file():
+                self.uses_aug, self.list_path, self.mask_dir = True, aug_list, aug_masks
+                break
+        if split == TRAIN_AUG and not self.list_path.is_file():
+            raise train_aug_missing(self.root, prepared)
         self.image_dir = self.root / "JPEGImages"
         self.annotation_dir = self.root / "Annotations"
 

@@ -111,7 +111,7 @@ def run(
     train_set = SegmentationSet(dataset, transform, mask_dir=label_dir)
     model = AffinityNet(cfg.backbone, weights=cfg.weights, output_stride=cfg.output_stride)
     method = AffinityMethod(model, cfg.radius)
-    optimizers = {"affinity": sgd(model, cfg, nesterov=True)}
+    optimizers = {"affinity": sgd(model, cfg)}
     result = fit(method, train_data(train_set, cfg), optimizers, runtime)
     model.eval()
     return TrainedAffinity(model=model, result=result, labels=stats)

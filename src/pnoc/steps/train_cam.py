@@ -68,11 +68,11 @@ def run(
         frozen_stages=cfg.frozen_stages,
     )
     method = build_method(method_name, model, label_smoothing=cfg.label_smoothing, **method_kw)
-    optimizers = {"generator": sgd(model, cfg, nesterov=True)}
+    optimizers = {"generator": sgd(model, cfg)}
     noc = method.modules().get("noc")
     if noc is not None:
         ratio = cfg.pnoc.lr_ratio  # type: ignore[attr-defined]
-        optimizers["noc"] = sgd(noc, cfg, nesterov=True, lr=cfg.lr * ratio)
+        optimizers["noc"] = sgd(noc, cfg, lr=cfg.lr * ratio)
     data = train_data(ClassificationSet(dataset, transform), cfg)
     result = fit(method, data, optimizers, runtime.replace(channels_last=cfg.channels_last))
     model.eval()

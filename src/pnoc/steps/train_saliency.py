@@ -56,7 +56,7 @@ def run(
         lambda_h=cfg.lambda_h,
         smoothing=HINT_SMOOTHING,
     )
-    optimizers = {"ccam": sgd(model, cfg, nesterov=True)}
+    optimizers = {"ccam": sgd(model, cfg)}
     result = fit(method, train_data(train_set, cfg), optimizers, runtime)
     model.eval()
     check = fix_orientation(

@@ -41,7 +41,7 @@ def run(
         output_stride=cfg.output_stride,
     )
     method = SegmentationMethod(model, cfg.label_smoothing)
-    optimizers = {"deeplab": sgd(model, cfg, nesterov=False)}
+    optimizers = {"deeplab": sgd(model, cfg)}
     result = fit(method, train_data(train_set, cfg), optimizers, runtime)
     model.eval()
     return TrainedSegmenter(model=model, result=result)

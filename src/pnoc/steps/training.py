@@ -22,13 +22,15 @@ def train_data(dataset: Any, cfg: Any) -> TrainData:
     )
 
 
-def sgd(model: Any, cfg: Any, *, nesterov: bool, lr: float | None = None) -> torch.optim.SGD:
-    """SGD over ``model.param_groups()`` at a section's ``lr`` (or ``lr``) and weight decay."""
+def sgd(model: Any, cfg: Any, *, lr: float | None = None) -> torch.optim.SGD:
+    """SGD over ``model.param_groups()`` at a section's ``lr`` (or ``lr``), weight decay,
+    ``momentum`` and ``nesterov``."""
     return build_sgd(
         model.param_groups(),
         lr=cfg.lr if lr is None else lr,
         weight_decay=cfg.weight_decay,
-        nesterov=nesterov,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
     )
 
 
