@@ -14,13 +14,34 @@ already tracks, so a valid change of other params reruns no stage through it.
 
 from __future__ import annotations
 
+from pnoc.config import Params
+from pnoc.errors import ConfigError
 from pnoc.io import write_json
 from pnoc_pipelines import paths
 from pnoc_pipelines.common import load_params, main, remove_stale_temporaries
 
+#: The sections that build a network on a backbone.
+NETWORK_SECTIONS = ("oc", "cam", "saliency", "affinity", "segmentation")
+
+
+def check_backbones(params: Params) -> None:
+    """Every section's timm backbone exists and gives features at its output stride (checked on
+    the meta device: no weights built); the first that does not stops here, naming its key."""
+    from pnoc.models.backbones import check_backbone
+
+    for section in NETWORK_SECTIONS:
+        cfg = getattr(params, section)
+        try:
+            check_backbone(cfg.backbone, cfg.output_stride)
+        except ConfigError as exc:
+            message = str(exc).removeprefix("backbone: ")
+            raise ConfigError(f"params.yaml: {section}.backbone: {message}") from None
+
 
 def run() -> None:
-    data = load_params().data
+    params = load_params()
+    data = params.data
+    check_backbones(params)
     remove_stale_temporaries("check_params")
     write_json(paths.PARAMS_CHECK, {"dataset": data.name, "root": str(data.root)})
     print(f"params.yaml is valid: dataset {data.name} at {data.root}")

@@ -115,11 +115,66 @@ def test_feature_affinity_values() -> None:
     assert torch.isclose(aff[right, 1, 0], torch.exp(torch.tensor(-2.0)))
     assert torch.isclose(aff[right, 1, 1], torch.exp(torch.tensor(-2.0)))
     assert aff[right, 0, 0] == 1.0 and not valid[right, 0, 2]
-    # Chunking the channels does not change the result.
+    # The row blocks do not change the result.
     big = torch.randn(70, 5, 6)
-    assert torch.allclose(
-        feature_affinities(big, 3, channel_chunk=8)[0], feature_affinities(big, 3)[0]
-    )
+    whole = feature_affinities(big, 3)[0]
+    for rows in (1, 2, 4, 5, 9):
+        assert torch.equal(feature_affinities(big, 3, block_rows=rows)[0], whole)
+    with pytest.raises(ValueError, match="block_rows"):
+        feature_affinities(big, 3, block_rows=0)
+
+
+def naive_affinities(feats: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel by pixel: a = exp(−mean_c |f_i − f_j|) for each neighbour inside the map."""
+    c, h, w = feats.shape
+    offs = neighbour_offsets(radius)
+    aff = torch.zeros(len(offs), h, w, dtype=torch.float64)
+    valid = torch.zeros(len(offs), h, w, dtype=torch.bool)
+    f = feats.double()
+    for p, (dy, dx) in enumerate(offs):
+        for y in range(h):
+            for x in range(w):
+                if 0 <= y + dy < h and 0 <= x + dx < w:
+                    valid[p, y, x] = True
+                    aff[p, y, x] = torch.exp(-(f[:, y, x] - f[:, y + dy, x + dx]).abs().mean())
+    return aff.float(), valid
+
+
+@pytest.mark.parametrize(("h", "w", "radius"), [(7, 9, 3), (3, 11, 5), (10, 2, 5), (1, 1, 2)])
+def test_feature_affinities_equal_the_pixelwise_definition(h: int, w: int, radius: int) -> None:
+    """Maps narrower than the radius, blocks that do not divide the height: all as defined."""
+    feats = torch.randn(37, h, w, generator=torch.Generator().manual_seed(h * w))
+    ref, ref_valid = naive_affinities(feats, radius)
+    for rows in (None, 1, 4):
+        aff, valid = feature_affinities(feats, radius, block_rows=rows)
+        assert torch.equal(valid, ref_valid)
+        assert torch.allclose(aff, ref, rtol=1e-6, atol=1e-7)
+        assert bool((aff[~valid] == 0).all())
+
+
+def stepwise_walk(x: torch.Tensor, aff, valid, offs, beta: float, exp_times: int) -> torch.Tensor:
+    """The walk as written in the module docstring, step by step with the dense T (float64)."""
+    c, h, w = x.shape
+    scaled = dense_affinity(aff, valid, offs).double() ** beta
+    trans = scaled / scaled.sum(0, keepdim=True)
+    cur = x.reshape(c, h * w).double()
+    for _ in range(2**exp_times):
+        cur = cur @ trans
+    return cur.reshape(c, h, w)
+
+
+@pytest.mark.parametrize(("h", "w", "radius"), [(9, 13, 5), (4, 17, 3), (16, 3, 5)])
+def test_walk_equals_stepwise_reference_on_odd_shapes(h: int, w: int, radius: int) -> None:
+    """x·T applied 2^exp_times times with the dense T equals the stencil walk (float rounding)."""
+    g = torch.Generator().manual_seed(h + w)
+    feats = torch.randn(16, h, w, generator=g) * 0.4
+    x = torch.rand(3, h, w, generator=g)
+    aff, valid = feature_affinities(feats, radius)
+    offs = neighbour_offsets(radius)
+    for exp_times in (0, 2, 6):
+        walked = random_walk(x, aff, valid, offs, beta=10, exp_times=exp_times)
+        ref = stepwise_walk(x, aff, valid, offs, 10, exp_times)
+        assert torch.allclose(walked.double(), ref, rtol=1e-4, atol=1e-6 * 2**exp_times)
 
 
 def test_batched_input_keeps_its_rank() -> None:
