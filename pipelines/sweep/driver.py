@@ -23,10 +23,10 @@ from pnoc.config import parse_params
 from pnoc.errors import PnocError
 from pnoc.io import write_text
 from pnoc.tune import Sweep, load_sweep, to_ray
+from pnoc_pipelines.params_file import set_params
 from pnoc_pipelines.paths import PARAMS_FILE as PARAMS
 from pnoc_pipelines.paths import SWEEP_CONFIG
 from pnoc_pipelines.sweep import trial
-from pnoc_pipelines.params_file import set_params
 from pnoc_pipelines.sweep.cluster import ray_session, resolve_address
 from pnoc_pipelines.sweep.paths import Lock, SweepPaths, sweep_paths
 from pnoc_pipelines.sweep.plots import write_plots

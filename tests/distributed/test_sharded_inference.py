@@ -215,7 +215,8 @@ def test_batched_network_maps_match_per_image_maps(work: Path, flip: bool) -> No
     images = torch.randn(5, 3, 40, 32)
     group = [{"index": i, "x": x} for i, x in enumerate(images)]
     copies = 2 if flip else 1
-    atol = 0.0 if flip else 5e-5
+    # Rounding of other kernels grows with the values (affinity features are unnormalised).
+    atol, rtol = (0.0, 0.0) if flip else (5e-5, 1e-5)
 
     def cams(x: torch.Tensor) -> torch.Tensor:
         return normalize_cams(multiscale_cams(models["cam"], x, scales=(1.0, 0.5), flip=flip))
@@ -230,7 +231,7 @@ def test_batched_network_maps_match_per_image_maps(work: Path, flip: bool) -> No
         batched = per_image(fn, group, "cpu", copies=copies)
         for x, out in zip(images, batched, strict=True):
             alone = fn(x[None])[0]
-            torch.testing.assert_close(out, alone, atol=atol, rtol=0, msg=fn.__name__)
+            torch.testing.assert_close(out, alone, atol=atol, rtol=rtol, msg=fn.__name__)
     sals = per_image(
         lambda x: predict_saliency_batch(models["ccam"], x, flip=flip), group, "cpu", copies=copies
     )

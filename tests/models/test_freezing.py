@@ -11,7 +11,7 @@ from pnoc.errors import ConfigError
 from pnoc.models.backbones import build_backbone
 from pnoc.models.cam import CAMNet
 
-BACKBONES = ["resnet18", "efficientnet_lite0"]
+BACKBONES = ["resnet18", "resnest50d", "efficientnet_lite0"]
 
 
 def _stage_params(backbone, n: int) -> set[int]:
@@ -50,7 +50,7 @@ def test_frozen_stages_get_no_gradient_and_keep_their_statistics(name: str, n: i
 def test_gradient_flows_through_frozen_stages_to_the_input(name: str) -> None:
     torch.manual_seed(0)
     backbone = build_backbone(name, output_stride=16).freeze_stages(2)
-    x = torch.randn(1, 3, 64, 64, requires_grad=True)
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)  # ResNeSt: BatchNorm on pooled features
     backbone(x)["out"].sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
 

@@ -33,8 +33,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Version of the dict ``fit`` saves; a checkpoint of another version is ignored.
-CHECKPOINT_FORMAT = 1
+#: Version of the dict ``fit`` saves; a checkpoint of another version is ignored. 2: the
+#: networks' state-dict keys are timm's (pnoc.models.backbones).
+CHECKPOINT_FORMAT = 2
 
 
 @dataclass

@@ -215,7 +215,11 @@ class _Run:
             if self.channels_last:
                 m.to(memory_format=torch.channels_last)
             if self.runtime.sync_bn and self.world.distributed:
-                nn.SyncBatchNorm.convert_sync_batchnorm(m)  # in place below the root; same params
+                # timm's converter keeps the activation of timm's fused BatchNorm + activation
+                # layers (torch's would drop it); in place below the root, same parameters.
+                from timm.layers import convert_sync_batchnorm
+
+                convert_sync_batchnorm(m)
         # Optimizer state created later follows the parameters' device; state loaded from a
         # checkpoint is cast to it by Optimizer.load_state_dict.
         hook = getattr(self.method, "on_train_start", None)

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pnoc.models.backbones import Backbone, ModelSpec, load_spec_model
-from pnoc.models.efficientnet import EfficientNetLite0
 
 
 def backbone_head_groups(
@@ -56,7 +55,7 @@ class BackboneNet(nn.Module):
     """
 
     arch: ClassVar[str]
-    backbone: Backbone | EfficientNetLite0
+    backbone: Backbone
     num_classes: int
 
     def __init_subclass__(cls, *, arch: str | None = None, **kwargs: Any) -> None:

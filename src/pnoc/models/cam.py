@@ -21,7 +21,8 @@ class CAMNet(BackboneNet, arch=ARCH):
     """CAM network.
 
     Args:
-        backbone_name: ``resnet18|resnet34|resnet50|resnet101|efficientnet_lite0``.
+        backbone_name: a timm model name (``resnet50``, ``resnest269e``, ``efficientnet_lite0`` ...;
+            see :func:`pnoc.models.backbones.build_backbone`).
         num_classes: K, the number of foreground classes (background is not a class here).
         weights: backbone weights, see :func:`pnoc.models.backbones.build_backbone`.
         output_stride: 8, 16 or 32.

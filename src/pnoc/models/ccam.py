@@ -56,7 +56,8 @@ class CCAMNet(BackboneNet, arch=ARCH):
     """CCAM saliency network.
 
     Args:
-        backbone_name: ``resnet18|resnet34|resnet50|resnet101|efficientnet_lite0``.
+        backbone_name: a timm model name (``resnet50``, ``resnest269e``, ``efficientnet_lite0`` ...;
+            see :func:`pnoc.models.backbones.build_backbone`).
         weights: backbone weights, see :func:`pnoc.models.backbones.build_backbone`.
         output_stride: 8, 16 or 32.
 

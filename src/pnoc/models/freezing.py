@@ -1,7 +1,8 @@
 """Fixed early stages of a backbone (``frozen_stages``), the way IRN and mmsegmentation do it.
 
-Stage 0 is the stem (first convolution and its BatchNorm), stage 1 the stride-4 stage on top of
-it (a ResNet's ``layer1``, EfficientNet-Lite0's blocks up to stride 4). ``frozen_stages = n``
+Stage 0 is the stem (the layers before the first block: a ResNet's ``conv1``/``bn1``, the deep
+stem of a ResNeSt, EfficientNet's ``conv_stem``/``bn1``), stage 1 the rest up to the stride-4
+feature (a ResNet's ``layer1``, EfficientNet-Lite0's blocks up to stride 4). ``frozen_stages = n``
 keeps stages ``0 .. n-1`` fixed: their parameters do not require gradients and their BatchNorms
 stay in eval mode (running statistics neither used from the batch nor updated), whatever
 ``train()`` is called with. Gradients still flow *through* them to an input that requires
