@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # gpu_check.sh: the first thing to run on a GPU machine. Measures every pipeline stage on CUDA
 # at a VOC-like resolution with benchmarks/bench_scaling.py: images/s, peak GPU memory and the
-# 1-GPU vs all-GPUs scaling per stage. Finishes within 8 minutes on one H100 (hard limit).
+# 1-GPU vs all-GPUs scaling per stage; then benchmarks/estimate_voc12.sh on one GPU: the
+# per-stage time and peak GPU memory of the full voc12 recipe (`pnoc estimate`). Finishes
+# within 9.5 minutes on one H100 (hard limits: GPU_CHECK_LIMIT_S, default 360 s, for the
+# first part, ESTIMATE_LIMIT_S, default 200 s, for the second).
 #
 #   benchmarks/gpu_check.sh [--dry-run] [more bench_scaling.py options]
 #
@@ -24,7 +27,7 @@
 # CPU, single-threaded), each stage process ~10-15 s to start (torch, CUDA, MLflow), the
 # training ~3000 images per stage. bench_scaling.py stops starting runs at its --time-limit
 # and prints the table of what finished; `timeout` kills everything at GPU_CHECK_LIMIT_S
-# (default 480 s) in any case.
+# (default 360 s) in any case.
 #
 # Python: .venv/bin/python when it imports torch, else python3 (which then needs torch, dvc,
 # mlflow and the project's requirements). The stages import this checkout's src/ and pipelines/
@@ -33,7 +36,8 @@
 set -u -o pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
-LIMIT_S=${GPU_CHECK_LIMIT_S:-480}
+LIMIT_S=${GPU_CHECK_LIMIT_S:-360}
+ESTIMATE_LIMIT_S=${ESTIMATE_LIMIT_S:-200}
 DRY_RUN=0
 if [[ "${1:-}" == "--dry-run" ]]; then
     DRY_RUN=1
@@ -105,5 +109,13 @@ timeout -k 10 $(( LIMIT_S - 15 )) "$PY" "${ARGS[@]}" 2>&1 | tee "$OUT_DIR/gpu_ch
 STATUS=${PIPESTATUS[0]}
 if [[ "$STATUS" == 124 || "$STATUS" == 137 ]]; then
     echo "gpu_check: stopped at the time limit (${LIMIT_S} s); the figures above are partial"
+fi
+if [[ "$DRY_RUN" == 0 ]]; then
+    echo "gpu_check: the full voc12 recipe on one GPU: benchmarks/estimate_voc12.sh cuda"
+    CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} ESTIMATE_OUT="$OUT_DIR/estimate_voc12" \
+        timeout -k 10 "$ESTIMATE_LIMIT_S" bash benchmarks/estimate_voc12.sh cuda \
+        --probe-batch 16 2>&1 | tee -a "$OUT_DIR/gpu_check.log"
+    ESTIMATE_STATUS=${PIPESTATUS[0]}
+    [[ "$STATUS" == 0 ]] && STATUS=$ESTIMATE_STATUS
 fi
 exit "$STATUS"

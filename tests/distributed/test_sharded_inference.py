@@ -215,8 +215,10 @@ def test_batched_network_maps_match_per_image_maps(work: Path, flip: bool) -> No
     images = torch.randn(5, 3, 40, 32)
     group = [{"index": i, "x": x} for i, x in enumerate(images)]
     copies = 2 if flip else 1
-    # Rounding of other kernels grows with the values (affinity features are unnormalised).
-    atol, rtol = (0.0, 0.0) if flip else (5e-5, 1e-5)
+    # Other kernels round the raw maps apart by up to ~3e-5 of their size (timm's random Lite0:
+    # 2e-4 on values of 6-8), i.e. up to ~5e-5 on max-normalised CAMs; the affinity features
+    # are unnormalised, hence the relative part.
+    atol, rtol = (0.0, 0.0) if flip else (1e-4, 1e-5)
 
     def cams(x: torch.Tensor) -> torch.Tensor:
         return normalize_cams(multiscale_cams(models["cam"], x, scales=(1.0, 0.5), flip=flip))
