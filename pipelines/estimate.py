@@ -125,17 +125,8 @@ class _Estimator:
         if cfg.max_steps_per_epoch is not None:
             steps = min(steps, cfg.max_steps_per_epoch)
         images = steps * min(n, cfg.batch_size) * cfg.epochs
-        self.rows.append(
-            StageEstimate(
-                stage=stage,
-                probe=f"{PROBE_STEPS} steps at batch {' and '.join(map(str, sorted(measured)))}",
-                seconds_per_image=per_image,
-                images=images,
-                seconds=per_image * images / self.workers,
-                peak_mib=self._base_mib + grown,
-                probe_seconds=time.perf_counter() - start,
-            )
-        )
+        batches = " and ".join(map(str, sorted(measured)))
+        self._add(stage, f"{PROBE_STEPS} steps at batch {batches}", per_image, images, grown, start)
         return result
 
     def infer(self, stage: str, splits: list[str], call: Callable[[], Any]) -> Any:
@@ -143,22 +134,29 @@ class _Estimator:
         start = time.perf_counter()
         with PeakMemory(self.device) as memory:
             result = call()
-        seconds = time.perf_counter() - start
         probed = sum(min(self.images, len(self.dataset(s))) for s in splits)
-        per_image = seconds / probed
+        per_image = (time.perf_counter() - start) / probed
         images = sum(self.split_size(s) for s in splits)
+        grown = memory.peak_mib - memory.start_mib
+        self._add(stage, f"{probed} images ({', '.join(splits)})", per_image, images, grown, start)
+        return result
+
+    def _add(
+        self, stage: str, probe: str, per_image: float, images: int, grown: float, start: float
+    ) -> None:
+        """A row: ``per_image`` seconds × ``images`` over the workers; the memory the probe
+        grew (``grown`` MiB) on top of the interpreter's."""
         self.rows.append(
             StageEstimate(
                 stage=stage,
-                probe=f"{probed} images ({', '.join(splits)})",
+                probe=probe,
                 seconds_per_image=per_image,
                 images=images,
                 seconds=per_image * images / self.workers,
-                peak_mib=self._base_mib + memory.peak_mib - memory.start_mib,
-                probe_seconds=seconds,
+                peak_mib=self._base_mib + grown,
+                probe_seconds=time.perf_counter() - start,
             )
         )
-        return result
 
     # -- the chain ----------------------------------------------------------------------------
     def run(self) -> list[StageEstimate]:

@@ -15,18 +15,10 @@ from pnoc.data.synthetic import generate_synthetic
 from pnoc.engine.probe import PeakMemory, StepTimer
 from pnoc.errors import ConfigError
 from pnoc_pipelines import estimate
+from tests.pipelines.test_pipeline_dvc import STAGES as DVC_STAGES
 
-STAGES = [
-    "train_oc",
-    "train_cam",
-    "cams",
-    "train_saliency",
-    "saliency",
-    "train_affinity",
-    "pseudo_masks",
-    "train_segmentation",
-    "evaluate",
-]
+#: The stages that run a network (the others only check, generate, prepare or register).
+STAGES = [s for s in DVC_STAGES if s not in ("check_params", "generate", "prepare", "register")]
 
 
 def test_peak_memory_sees_an_allocation_on_cpu():
