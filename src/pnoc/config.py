@@ -27,6 +27,8 @@ Smoothing = Annotated[float, Field(ge=0.0, lt=1.0)]
 # can give its features at the asked output stride is checked by the check_params stage.
 BackboneName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]
 OutputStride = Literal[8, 16, 32]
+MaskNorm = Literal["image", "batch"]  # OC-CSE's soft mask: max per image or over the batch
+NocBatchNorm = Literal["train", "frozen"]  # the noc's BatchNorm in its own update
 
 
 def _ordered_pair(pair: tuple[float, float]) -> tuple[float, float]:
@@ -179,12 +181,17 @@ class PuzzleParams(Section):
 
 class OCCSEParams(Section):
     alpha: Ramp = Ramp(start=0.3, end=1.5, until=1.0)
+    # The soft mask M's maximum: per image, or one over the (per-worker) batch as the authors'.
+    mask_norm: MaskNorm = "image"
 
 
 class PNOCParams(Section):
     ow: Ramp = Ramp(start=0.0, end=1.73, until=0.3)
     mask_threshold: Fraction = 0.6
     lr_ratio: PositiveFloat = 0.19
+    # The noc's BatchNorm in its own update: train mode (batch statistics, affine trained) or
+    # frozen (running statistics and affine fixed, as the OC's and the authors' noc's).
+    noc_bn: NocBatchNorm = "train"
 
 
 class CamParams(ClassifierParams):

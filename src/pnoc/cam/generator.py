@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, get_args
 
 import torch
 from torch import Tensor, nn
@@ -47,8 +47,11 @@ from pnoc.cam.losses import (
     tile_2x2,
 )
 from pnoc.cam.schedules import Ramp
+from pnoc.config import MaskNorm
 from pnoc.errors import ConfigError
 from pnoc.models.cam import CAMNet
+
+MASK_NORMS: tuple[str, ...] = get_args(MaskNorm)
 
 
 class StepContext(Protocol):
@@ -113,6 +116,9 @@ class CAMMethod:
         adversary: classifier judging the erased images (OC or noc); enables L_oc when given.
         alpha_oc: α_oc(t) ramp, required with ``adversary``.
         generator: RNG for the class sampling (default: torch's global RNG).
+        mask_norm: ``"image"`` divides each image's soft mask M by its own maximum,
+            ``"batch"`` by one maximum over the batch (the authors' OC-CSE), so images with
+            weaker maps are erased only partly.
     """
 
     name: ClassVar[str] = "cam"
@@ -126,7 +132,10 @@ class CAMMethod:
         adversary: nn.Module | None = None,
         alpha_oc: Ramp | None = None,
         generator: torch.Generator | None = None,
+        mask_norm: str = "image",
     ) -> None:
+        if mask_norm not in MASK_NORMS:
+            raise ConfigError(f"mask_norm: expected one of {MASK_NORMS}, got {mask_norm!r}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing: expected 0 <= eps < 1, got {label_smoothing}")
         if (adversary is None) != (alpha_oc is None):
@@ -138,6 +147,7 @@ class CAMMethod:
         self.adversary = adversary
         self.alpha_oc = alpha_oc
         self.generator = generator
+        self.mask_norm = mask_norm
 
     # -- engine interface ---------------------------------------------------------------------
 
@@ -201,7 +211,9 @@ class CAMMethod:
 
         if self.adversary is not None and self.alpha_oc is not None:
             r = sample_present_class(y, self.generator, noise=class_noise)
-            mask = class_mask(maps, r, (x.shape[-2], x.shape[-1]))
+            mask = class_mask(
+                maps, r, (x.shape[-2], x.shape[-1]), global_norm=self.mask_norm == "batch"
+            )
             adv_logits = gap(self.adversary(erase(x, mask)))
             adv_targets = smooth_labels(labels_without(y, r), self.label_smoothing)
             terms["oc"] = masked_mean(mlsm(adv_logits, adv_targets, reduction="none"), r >= 0)

@@ -8,15 +8,15 @@ its trainable adversary, the noc. :func:`build_method` builds one from plain val
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import nn
 
 from pnoc.cam.generator import CAMMethod, FrozenClassifier, StepContext, to_floats
-from pnoc.cam.losses import gap, hard_erase, mlsm
+from pnoc.cam.losses import class_mask, gap, hard_erase, mlsm
 from pnoc.cam.schedules import Ramp
-from pnoc.config import CamParams
+from pnoc.config import CamParams, NocBatchNorm
 from pnoc.errors import ConfigError
 from pnoc.models.cam import CAMNet, copy_camnet
 
@@ -24,6 +24,7 @@ from pnoc.models.cam import CAMNet, copy_camnet
 _CAM = CamParams()
 SMOOTHING = _CAM.label_smoothing
 MASK_THRESHOLD = _CAM.pnoc.mask_threshold
+NOC_BATCHNORM: tuple[str, ...] = get_args(NocBatchNorm)
 
 __all__ = [
     "METHODS",
@@ -71,6 +72,7 @@ class OCCSE(CAMMethod):
         label_smoothing: float = SMOOTHING,
         *,
         generator: torch.Generator | None = None,
+        mask_norm: str = "image",
     ) -> None:
         super().__init__(
             model,
@@ -78,6 +80,7 @@ class OCCSE(CAMMethod):
             adversary=_frozen(oc),
             alpha_oc=alpha_oc,
             generator=generator,
+            mask_norm=mask_norm,
         )
 
 
@@ -90,7 +93,8 @@ class POC(OCCSE):
     name = "poc"
 
     def __init__(self, model: CAMNet, oc: CAMNet, alpha_p: Ramp, *args: Any, **kwargs: Any) -> None:
-        """``alpha_p``, then :class:`OCCSE`'s ``alpha_oc, label_smoothing, *, generator``."""
+        """``alpha_p``, then :class:`OCCSE`'s ``alpha_oc, label_smoothing, *, generator,
+        mask_norm``."""
         super().__init__(model, oc, *args, **kwargs)
         self.alpha_p = alpha_p
 
@@ -105,8 +109,11 @@ class PNOC(CAMMethod):
     Noc step: with the generator's *detached* mask M of the same sampled class r,
     x_noc = x·[M ≤ δ_noc] (the generator's most discriminant region erased) and
     L_noc = ow(t)·MLSM(noc(x_noc), ỹ) with all of the image's labels: the noc must still find
-    the classes without the region the generator relies on. The noc is in train mode and the
-    generator gets no gradient (x_noc is built from detached tensors); optimizer ``"noc"``.
+    the classes without the region the generator relies on. The noc is in train mode (with
+    ``noc_bn="frozen"`` its BatchNorms keep their running statistics and affine weights, as the
+    authors' noc does; ``"train"`` trains them) and the generator gets no gradient (x_noc is
+    built from detached tensors); optimizer ``"noc"``. M is each image's map over its own
+    maximum here whatever ``mask_norm`` the generator step uses.
 
     Difference from the authors' code: there the noc's weights also accumulate the generator
     step's gradient of α_oc·L_oc (never zeroed before the noc update). Here they do not: the
@@ -132,7 +139,11 @@ class PNOC(CAMMethod):
         label_smoothing: float = SMOOTHING,
         *,
         generator: torch.Generator | None = None,
+        mask_norm: str = "image",
+        noc_bn: str = "train",
     ) -> None:
+        if noc_bn not in NOC_BATCHNORM:
+            raise ConfigError(f"noc_bn: expected one of {NOC_BATCHNORM}, got {noc_bn!r}")
         if not 0.0 <= mask_threshold <= 1.0:
             raise ConfigError(
                 f"mask_threshold: expected a fraction in [0, 1], got {mask_threshold}"
@@ -146,8 +157,17 @@ class PNOC(CAMMethod):
             adversary=noc,
             alpha_oc=alpha_oc,
             generator=generator,
+            mask_norm=mask_norm,
         )
         self.noc = noc
+        self.noc_bn = noc_bn
+        self._noc_norms: list[nn.Module] = []
+        if noc_bn == "frozen":
+            self._noc_norms = [
+                m for m in noc.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            ]
+            for module in self._noc_norms:
+                module.requires_grad_(False)
         self._noc_net: nn.Module = noc
         self.ow = ow
         self.mask_threshold = mask_threshold
@@ -179,10 +199,15 @@ class PNOC(CAMMethod):
             ctx.update("generator", out.loss, out.terms)
 
         # Noc step: find the classes without the generator's most discriminant region.
-        assert out.mask is not None
+        assert out.mask is not None and out.r is not None
         ow = self.ow(ctx.progress)
-        x_noc = hard_erase(x, out.mask.detach(), self.mask_threshold)
+        mask = out.mask.detach()
+        if self.mask_norm != "image":  # δ_noc applies to each image's own normalised map
+            mask = class_mask(out.maps.detach(), out.r, (x.shape[-2], x.shape[-1]))
+        x_noc = hard_erase(x, mask, self.mask_threshold)
         self.noc.train()
+        for module in self._noc_norms:  # noc_bn "frozen": running statistics, fixed affine
+            module.eval()
         with ctx.autocast():
             noc_term = mlsm(gap(self._noc_net(x_noc)), out.targets)
             noc_loss = ow * noc_term
@@ -229,6 +254,8 @@ def build_method(
     ow: Ramp = Ramp.from_config(_CAM.pnoc.ow),
     mask_threshold: float = MASK_THRESHOLD,
     generator: torch.Generator | None = None,
+    mask_norm: str = _CAM.occse.mask_norm,
+    noc_bn: str = _CAM.pnoc.noc_bn,
 ) -> CAMMethod:
     """The method called ``name`` (``vanilla|puzzle|occse|poc|pnoc``), from plain values.
 
@@ -245,9 +272,11 @@ def build_method(
     if oc is None:
         raise ConfigError(f"cam.method '{name}' needs the ordinary classifier (oc)")
     if name == "occse":
-        return OCCSE(model, oc, alpha_oc, label_smoothing, generator=generator)
+        return OCCSE(model, oc, alpha_oc, label_smoothing, generator=generator, mask_norm=mask_norm)
     if name == "poc":
-        return POC(model, oc, alpha_p, alpha_oc, label_smoothing, generator=generator)
+        return POC(
+            model, oc, alpha_p, alpha_oc, label_smoothing, generator=generator, mask_norm=mask_norm
+        )
     noc = copy_camnet(oc).requires_grad_(True)
     noc.backbone.freeze_stages(model.backbone.frozen_stages)
     return PNOC(
@@ -259,4 +288,6 @@ def build_method(
         mask_threshold,
         label_smoothing,
         generator=generator,
+        mask_norm=mask_norm,
+        noc_bn=noc_bn,
     )

@@ -56,6 +56,8 @@ def run(
             alpha_oc=Ramp.from_config(cfg.occse.alpha),
             ow=Ramp.from_config(cfg.pnoc.ow),
             mask_threshold=cfg.pnoc.mask_threshold,
+            mask_norm=cfg.occse.mask_norm,
+            noc_bn=cfg.pnoc.noc_bn,
         )
     transform = classification_train_transform(
         image_size, randaugment, scale_range=tuple(cfg.scale_range)
