@@ -43,6 +43,22 @@ def generators(
         yield method, train_cam.run(cfg, train, runtime, image_size=image_size, oc=oc)
 
 
+def score_cams(
+    params: Params, model: Any, datasets: dict[str, Any], cam_dir: str | Path, runtime: Runtime
+) -> dict[str, Any]:
+    """The ``cams`` stage's library call on ``datasets`` (split -> reader) with the params'
+    scales, flip and thresholds: each split's threshold sweep (CAM files into ``cam_dir``)."""
+    return cams.run(
+        model,
+        datasets,
+        cam_dir,
+        runtime,
+        scales=params.cams.scales,
+        flip=params.cams.flip,
+        thresholds=params.cams.thresholds.values(),
+    )
+
+
 def ablate_cams(
     params: Params,
     methods: list[str],
@@ -74,14 +90,8 @@ def ablate_cams(
             for method, trained in generators(params, methods, seed, train):
                 t0 = time.perf_counter()
                 with tempfile.TemporaryDirectory() as cam_dir:
-                    sweep = cams.run(
-                        trained.model,
-                        {split: evaluation},
-                        cam_dir,
-                        runtime,
-                        scales=params.cams.scales,
-                        flip=params.cams.flip,
-                        thresholds=params.cams.thresholds.values(),
+                    sweep = score_cams(
+                        params, trained.model, {split: evaluation}, cam_dir, runtime
                     )[split]
                 seconds = trained.result.seconds + time.perf_counter() - t0
                 cam_cfg = params.cam.model_copy(update={"method": method})

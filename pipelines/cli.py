@@ -130,6 +130,38 @@ def ablate_cams_cmd(
 
 
 @app.command()
+def robustness(
+    methods: Annotated[list[str] | None, typer.Option("--method", "-m")] = None,
+    seeds: Annotated[list[int] | None, typer.Option("--seed", "-s")] = None,
+    datasets: Annotated[
+        Path, typer.Option(help="generated data sets: name -> generator params")
+    ] = Path("pipelines/robustness.yaml"),
+    refine: Annotated[
+        str,
+        typer.Option(help="the method whose CAMs go on to pseudo-masks ('none': no refinement)"),
+    ] = "pnoc",
+    params: Path = Path("params.yaml"),
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-S", help="KEY=VALUE params override for every data set"),
+    ] = None,
+) -> None:
+    """The ablation (vanilla, P-OC, P-NOC) on several generated data sets and seeds, with the
+    pseudo-mask gain: a table per data set and overall (reports/robustness.md, MLflow)."""
+    from pnoc_pipelines.robustness import format_table, run
+
+    report = run(
+        methods or ["vanilla", "poc", "pnoc"],
+        seeds or [0, 1],
+        params,
+        datasets,
+        settings,
+        refine=None if refine == "none" else refine,
+    )
+    typer.echo(format_table(report))
+
+
+@app.command()
 def estimate(
     params: Path = Path("params.yaml"),
     probe_batch: Annotated[

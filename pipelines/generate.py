@@ -9,29 +9,36 @@ recipes run on it (config.py checks that the name reads the layout).
 
 from __future__ import annotations
 
+from typing import Any
+
 import mlflow
 
-from pnoc.config import SYNTHETIC_ROOT
+from pnoc.config import SYNTHETIC_ROOT, DataParams
 from pnoc.data.synthetic import generate_synthetic
 from pnoc_pipelines.common import main, stage
+
+
+def generator_kwargs(data: DataParams) -> dict[str, Any]:
+    """``generate_synthetic``'s arguments (all but the folder) for ``data.synthetic``."""
+    syn = data.synthetic
+    return dict(
+        num_train=syn.train,
+        num_val=syn.val,
+        num_classes=syn.classes,
+        image_size=data.image_size,
+        seed=syn.seed,
+        cooccurrence=syn.cooccurrence,
+        body_size=syn.body_size,
+        mark_area=syn.mark_area,
+        shape=syn.shape,
+        layout=syn.layout,
+    )
 
 
 def run() -> None:
     with stage("generate") as ctx:
         syn = ctx.params.data.synthetic
-        stats = generate_synthetic(
-            SYNTHETIC_ROOT,
-            num_train=syn.train,
-            num_val=syn.val,
-            num_classes=syn.classes,
-            image_size=ctx.params.data.image_size,
-            seed=syn.seed,
-            cooccurrence=syn.cooccurrence,
-            body_size=syn.body_size,
-            mark_area=syn.mark_area,
-            shape=syn.shape,
-            layout=syn.layout,
-        )
+        stats = generate_synthetic(SYNTHETIC_ROOT, **generator_kwargs(ctx.params.data))
         flat = {k: v for k, v in stats.to_dict().items() if isinstance(v, int | float)}
         mlflow.log_metrics({f"synthetic.{k}": float(v) for k, v in flat.items()})
         print(
