@@ -15,11 +15,15 @@ and to MLflow: a parent run ``robustness`` with the overall figures and the two 
 nested run per data set, seed and method.
 
 A data set is written to ``data/robustness/<name>/`` by the ``generate`` stage's generator and
-reused while its generator params are unchanged (``generator.json`` beside it).
+reused while its generator params are unchanged (``generator.json`` beside it). Each (data set,
+seed, method) result is kept in ``data/robustness/<name>/results/`` as soon as it is computed,
+keyed by the params, seed, method and refinement: a run that was stopped picks up where it
+was, and a report over more seeds or methods trains only what is new.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import tempfile
@@ -51,6 +55,7 @@ DATA_ROOT = Path("data/robustness")
 REPORT = Path("reports/robustness.json")
 TABLE = Path("reports/robustness.md")
 GENERATOR_FILE = "generator.json"
+RESULTS_DIR = "results"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _KEYS = {"data.image_size"} | {f"data.synthetic.{k}" for k in SyntheticParams.model_fields}
 
@@ -230,6 +235,67 @@ def _refine(
     }
 
 
+def result_path(params: Params, name: str, seed: int, method: str, refined: bool) -> Path:
+    """Where one (data set, seed, method) result is kept, keyed by everything that decides it:
+    the params (data set included), the seed, the method and whether it was refined."""
+    key = {
+        "params": params.model_dump(mode="json"),
+        "seed": seed,
+        "method": method,
+        "refined": refined,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return DATA_ROOT / name / RESULTS_DIR / f"seed{seed}-{method}-{digest}.json"
+
+
+def _seed_rows(
+    params: Params,
+    name: str,
+    seed: int,
+    methods: list[str],
+    refine: str | None,
+    train: Any,
+    evaluation: Any,
+) -> list[dict[str, Any]]:
+    """One seed's results on one data set, in the order of ``methods``: those kept from an
+    earlier run with the same params are reused; the others are trained (the ordinary
+    classifier once, then each missing method's generator) and kept as they finish."""
+    split = evaluation.split
+    where = {m: result_path(params, name, seed, m, m == refine) for m in methods}
+    rows = {
+        m: json.loads(p.read_text()) | {"reused": True} for m, p in where.items() if p.is_file()
+    }
+    missing = [m for m in methods if m not in rows]
+    runtime = Runtime.from_params(params.base, seed=seed)
+    trained_all = generators(params, missing, seed, train) if missing else iter(())
+    for method, trained in trained_all:
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="pnoc-robustness-") as work:
+            sweep = score_cams(params, trained.model, {split: evaluation}, Path(work), runtime)
+            row: dict[str, Any] = {
+                "dataset": name,
+                "seed": seed,
+                "method": method,
+                "cam_miou": sweep[split].best_miou,
+            }
+            if method == refine:
+                row |= _refine(params, trained.model, train, runtime, Path(work))
+        row["seconds"] = trained.result.seconds + time.perf_counter() - t0
+        write_json(where[method], row)
+        rows[method] = row
+        extra = (
+            f", pseudo-masks {100 * row['pseudo_miou']:.2f} "
+            f"({row['pseudo_split']} CAMs {100 * row['cam_miou_pseudo_split']:.2f})"
+            if "pseudo_miou" in row
+            else ""
+        )
+        print(
+            f"{name} seed {seed} {method:8s} CAM mIoU {100 * row['cam_miou']:.2f}{extra}",
+            flush=True,
+        )
+    return [rows[m] for m in methods]
+
+
 def robustness(
     params_file: Path,
     datasets_file: Path,
@@ -281,40 +347,17 @@ def robustness(
             train = open_dataset(params.data, params.data.train_split)
             evaluation = open_dataset(params.data, split)
             for seed in seeds:
-                runtime = Runtime.from_params(params.base, seed=seed)
-                for method, trained in generators(params, methods, seed, train):
-                    t0 = time.perf_counter()
-                    with tempfile.TemporaryDirectory(prefix="pnoc-robustness-") as work:
-                        sweep = score_cams(
-                            params, trained.model, {split: evaluation}, Path(work), runtime
-                        )[split]
-                        row: dict[str, Any] = {
-                            "dataset": name,
-                            "seed": seed,
-                            "method": method,
-                            "cam_miou": sweep.best_miou,
-                        }
-                        if method == refine:
-                            row |= _refine(params, trained.model, train, runtime, Path(work))
-                    row["seconds"] = trained.result.seconds + time.perf_counter() - t0
+                for row in _seed_rows(params, name, seed, methods, refine, train, evaluation):
                     records.append(row)
-                    with mlflow.start_run(run_name=f"{name}-{method}-seed{seed}", nested=True):
-                        mlflow.log_params({"dataset": name, "method": method, "seed": seed})
+                    with mlflow.start_run(
+                        run_name=f"{name}-{row['method']}-seed{seed}", nested=True
+                    ):
+                        mlflow.log_params({"dataset": name, "method": row["method"], "seed": seed})
                         mlflow.log_params({f"set.{k}": v for k, v in by_name[name].items()})
+                        mlflow.set_tag("pnoc.reused", str(row.get("reused", False)).lower())
                         mlflow.log_metrics(
-                            {k: float(v) for k, v in row.items() if isinstance(v, int | float)}
+                            {k: float(v) for k, v in row.items() if type(v) in (int, float)}
                         )
-                    extra = (
-                        f", pseudo-masks {100 * row['pseudo_miou']:.2f} "
-                        f"({row['pseudo_split']} CAMs {100 * row['cam_miou_pseudo_split']:.2f})"
-                        if "pseudo_miou" in row
-                        else ""
-                    )
-                    print(
-                        f"{name} seed {seed} {method:8s} CAM mIoU {100 * row['cam_miou']:.2f}"
-                        + extra,
-                        flush=True,
-                    )
         report = {
             "split": split,
             "methods": methods,

@@ -82,11 +82,21 @@ def test_report_over_data_sets_and_seeds(tiny_params, mlflow_store, tmp_path, mo
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"robustness.json", "robustness.md"} <= artifacts
 
-    # A second run reuses the generated data (same generator params): files untouched.
+    # A second run reuses the generated data (same generator params: files untouched) and the
+    # results kept under it (same params, seed and method), training nothing.
     marker = tmp_path / "data/robustness/a/generator.json"
     stamp = marker.stat().st_mtime_ns
-    robustness(params_file, datasets_file, ["vanilla"], [0], refine=None)
+    kept = sorted(p.name for p in (tmp_path / "data/robustness/a/results").iterdir())
+    assert [k.split("-")[:2] for k in kept] == [["seed0", "pnoc"], ["seed0", "vanilla"]]
+    from pnoc_pipelines import ablate
+
+    monkeypatch.setattr(ablate.train_cam, "run", lambda *a, **k: pytest.fail("retrained"))
+    again = robustness(params_file, datasets_file, ["vanilla"], [0], refine=None)
     assert marker.stat().st_mtime_ns == stamp
+    assert [r["cam_miou"] for r in again["records"]] == [
+        r["cam_miou"] for r in records if r["method"] == "vanilla"
+    ]
+    assert all(r["reused"] for r in again["records"])
 
 
 def test_summary_of_hand_made_records():
