@@ -34,6 +34,7 @@ from statistics import mean, stdev
 from typing import Any
 
 import mlflow
+import numpy as np
 
 from pnoc.cam.methods import METHODS
 from pnoc.config import Params, SyntheticParams, parse_params
@@ -127,6 +128,19 @@ def generated(params: Params, name: str) -> Params:
     return params.model_copy(update={"data": data})
 
 
+def map_quality(sweep: Any) -> dict[str, float]:
+    """At the sweep's best background threshold: ``recall``, the share of object pixels
+    labelled with their class (how complete the maps are), and ``precision``, the share of
+    pixels labelled with a class that are that class (how little they spill into context)."""
+    m = sweep.matrices[sweep.best_index]  # rows: ground truth, columns: prediction
+    hits = float(np.trace(m[1:, 1:]))
+    return {
+        "best_threshold": sweep.best_threshold,
+        "recall": hits / max(float(m[1:].sum()), 1.0),
+        "precision": hits / max(float(m[:, 1:].sum()), 1.0),
+    }
+
+
 def _summary(values: list[float]) -> dict[str, float]:
     return {
         "mean": mean(values),
@@ -142,9 +156,12 @@ def summarise(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
     def block(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {"methods": {}, "gaps": {}}
         for m in methods:
-            vals = [r["cam_miou"] for r in rows if r["method"] == m]
-            if vals:
-                out["methods"][m] = _summary(vals)
+            mine = [r for r in rows if r["method"] == m]
+            if mine:
+                out["methods"][m] = _summary([r["cam_miou"] for r in mine])
+                for key in ("recall", "precision"):
+                    if all(key in r for r in mine):
+                        out["methods"][m][key] = mean(r[key] for r in mine)
         means = {m: s["mean"] for m, s in out["methods"].items()}
         for a, b in zip(methods, methods[1:], strict=False):
             if a in means and b in means:
@@ -200,6 +217,20 @@ def format_table(report: dict[str, Any]) -> str:
             pm = block.get("pseudo_masks")
             cells += [_pct(pm["miou"]), _pct(pm["gain"])] if pm else ["–", "–"]
         lines.append("| " + " | ".join(cells) + " |")
+    quality = {m: s for m, s in summary["overall"]["methods"].items() if "recall" in s}
+    if quality:
+        lines += [
+            "",
+            "At the best background threshold, over all data sets and seeds (%): object pixels "
+            "labelled with their class (recall) and class pixels that are that class (precision)",
+            "",
+            "| method | recall | precision |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {m} | {100 * s['recall']:.1f} | {100 * s['precision']:.1f} |"
+            for m, s in quality.items()
+        ]
     return "\n".join(lines)
 
 
@@ -277,6 +308,7 @@ def _seed_rows(
                 "seed": seed,
                 "method": method,
                 "cam_miou": sweep[split].best_miou,
+                **map_quality(sweep[split]),
             }
             if method == refine:
                 row |= _refine(params, trained.model, train, runtime, Path(work))

@@ -49,6 +49,7 @@ def test_report_over_data_sets_and_seeds(tiny_params, mlflow_store, tmp_path, mo
     ]
     for r in records:
         assert 0.0 < r["cam_miou"] <= 1.0
+        assert 0.0 <= r["recall"] <= 1.0 and 0.0 <= r["precision"] <= 1.0
         assert ("pseudo_miou" in r) == (r["method"] == "pnoc")
     refined = [r for r in records if "pseudo_miou" in r]
     assert all(0.0 < r["pseudo_miou"] <= 1.0 for r in refined)
@@ -69,6 +70,7 @@ def test_report_over_data_sets_and_seeds(tiny_params, mlflow_store, tmp_path, mo
     assert saved["summary"] == report["summary"]
     table = (tmp_path / "reports/robustness.md").read_text()
     assert "| a |" in table and "| b |" in table and "**overall**" in table
+    assert f"| pnoc | {100 * overall['methods']['pnoc']['recall']:.1f} |" in table
 
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("pnoc").experiment_id])
@@ -170,3 +172,20 @@ def test_shipped_datasets_file_is_valid_and_untuned():
     assert len(specs) >= 3
     seeds = [s.settings.get("data.synthetic.seed", 0) for s in specs]
     assert 0 not in seeds  # the embedded default's generator seed, on which defaults were chosen
+
+
+def test_map_quality_from_the_best_threshold_confusion_matrix():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from pnoc_pipelines.robustness import map_quality
+
+    # rows: ground truth (bg, c1, c2), columns: prediction; best threshold at index 1.
+    best = np.array([[50, 5, 15], [10, 20, 0], [0, 10, 30]])
+    sweep = SimpleNamespace(
+        matrices=np.stack([np.zeros((3, 3), int), best]), best_index=1, best_threshold=0.3
+    )
+    q = map_quality(sweep)
+    # recall: (20 + 30) / (30 + 40) object pixels; precision: 50 / (35 + 45) class pixels.
+    assert q == {"best_threshold": 0.3, "recall": 50 / 70, "precision": 50 / 80}
