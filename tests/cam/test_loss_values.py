@@ -212,3 +212,37 @@ def test_noc_batchnorm_modes(fake_context, noc_bn: str) -> None:
     else:  # batch statistics update the running ones, and the affine weights train
         assert any(k.endswith("running_mean") for k in changed)
         assert any(k.endswith(".weight") for k in changed)
+
+
+def test_frozen_noc_batchnorm_survives_syncbn_conversion(fake_context) -> None:
+    """Under ``base.sync_bn`` the trainer swaps the noc's BatchNorms for SyncBatchNorm after the
+    method is built; ``noc_bn: frozen`` must hold for the modules the noc has then."""
+    from timm.layers import convert_sync_batchnorm
+
+    torch.manual_seed(0)
+    gen, oc = CAMNet("resnet18", 3), CAMNet("resnet18", 3)
+    noc = copy_camnet(oc)
+    method = PNOC(
+        gen, noc, Ramp(0.0, 4.0, 0.5), Ramp(0.3, 1.0, 1.0), Ramp(0.0, 1.0, 1.0), noc_bn="frozen"
+    )
+    converted = convert_sync_batchnorm(noc)
+    assert converted is not noc or any(isinstance(m, nn.SyncBatchNorm) for m in noc.modules())
+    seen: list[bool] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda m, a: seen.append(m.training))
+        for m in converted.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
+    method.noc = converted  # as the trainer hands converted modules back
+    method._noc_net = converted
+    try:
+        ctx = fake_context({"generator": gen, "noc": converted}, progress=0.5)
+        batch = {
+            "image": torch.randn(2, 3, 32, 32),
+            "labels": torch.tensor([[1.0, 0, 1], [0, 1, 0]]),
+        }
+        method.train_step(batch, ctx)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen and not any(seen)  # every BatchNorm ran in eval mode, in both passes

@@ -161,12 +161,8 @@ class PNOC(CAMMethod):
         )
         self.noc = noc
         self.noc_bn = noc_bn
-        self._noc_norms: list[nn.Module] = []
         if noc_bn == "frozen":
-            self._noc_norms = [
-                m for m in noc.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            ]
-            for module in self._noc_norms:
+            for module in _batch_norms(noc):
                 module.requires_grad_(False)
         self._noc_net: nn.Module = noc
         self.ow = ow
@@ -206,8 +202,9 @@ class PNOC(CAMMethod):
             mask = class_mask(out.maps.detach(), out.r, (x.shape[-2], x.shape[-1]))
         x_noc = hard_erase(x, mask, self.mask_threshold)
         self.noc.train()
-        for module in self._noc_norms:  # noc_bn "frozen": running statistics, fixed affine
-            module.eval()
+        if self.noc_bn == "frozen":  # running statistics, fixed affine (looked up each step:
+            for module in _batch_norms(self.noc):  # SyncBatchNorm may have replaced them)
+                module.eval()
         with ctx.autocast():
             noc_term = mlsm(gap(self._noc_net(x_noc)), out.targets)
             noc_loss = ow * noc_term
@@ -232,6 +229,10 @@ class _no_weight_grads(AbstractContextManager[None]):  # noqa: N801 (used like a
     def __exit__(self, *exc: object) -> None:
         for p, flag in zip(self.params, self.flags, strict=True):
             p.requires_grad_(flag)
+
+
+def _batch_norms(net: nn.Module) -> list[nn.Module]:
+    return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 def _frozen(oc: CAMNet | FrozenClassifier) -> FrozenClassifier:
