@@ -25,8 +25,9 @@ from pnoc.data.factory import open_dataset
 from pnoc.engine import Runtime
 from pnoc.errors import ConfigError
 from pnoc.io import write_json
-from pnoc.steps import cams, train_cam
+from pnoc.steps import train_cam
 from pnoc_pipelines import paths, tracking
+from pnoc_pipelines.cams import score_cams
 from pnoc_pipelines.common import load_params
 
 
@@ -43,20 +44,14 @@ def generators(
         yield method, train_cam.run(cfg, train, runtime, image_size=image_size, oc=oc)
 
 
-def score_cams(
-    params: Params, model: Any, datasets: dict[str, Any], cam_dir: str | Path, runtime: Runtime
-) -> dict[str, Any]:
-    """The ``cams`` stage's library call on ``datasets`` (split -> reader) with the params'
-    scales, flip and thresholds: each split's threshold sweep (CAM files into ``cam_dir``)."""
-    return cams.run(
-        model,
-        datasets,
-        cam_dir,
-        runtime,
-        scales=params.cams.scales,
-        flip=params.cams.flip,
-        thresholds=params.cams.thresholds.values(),
-    )
+def check_methods(command: str, methods: list[str], seeds: list[int]) -> None:
+    """At least one method, each a known one, and at least one seed; else a ConfigError."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods or not seeds:
+        raise ConfigError(
+            f"{command}: methods must be among {sorted(METHODS)} and at least one seed given "
+            f"(got methods={methods}, seeds={seeds})"
+        )
 
 
 def ablate_cams(
@@ -66,12 +61,7 @@ def ablate_cams(
     report_path: Path = paths.ABLATION_REPORT,
     overrides: dict[str, Any] | None = None,
 ) -> dict:
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods or not seeds:
-        raise ConfigError(
-            f"ablate-cams: methods must be among {sorted(METHODS)} and at least one seed given "
-            f"(got methods={methods}, seeds={seeds})"
-        )
+    check_methods("ablate-cams", methods, seeds)
     train = open_dataset(params.data, params.data.train_split)
     split = params.cams.eval_split
     evaluation = open_dataset(params.data, split)

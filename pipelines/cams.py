@@ -14,10 +14,15 @@ reports, plots and MLflow entries.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import mlflow
 
 from pnoc.cam.inference import cam_overlay_grid, load_cam_model, load_cam_npz
+from pnoc.config import Params
 from pnoc.data.factory import open_dataset
+from pnoc.engine import Runtime
 from pnoc.engine.distributed import shared_atomic_dir
 from pnoc.io import atomic_path, write_csv, write_json
 from pnoc.metrics import ThresholdSweep
@@ -25,6 +30,23 @@ from pnoc.steps import cams
 from pnoc_pipelines import paths
 from pnoc_pipelines.common import main, stage
 from pnoc_pipelines.tracking import log_artifacts, log_headline, log_pictures
+
+
+def score_cams(
+    params: Params, model: Any, datasets: dict[str, Any], out_dir: str | Path, runtime: Runtime
+) -> dict[str, ThresholdSweep]:
+    """The stage's library call on ``datasets`` (split -> reader) with the params' scales, flip
+    and thresholds: CAM files into ``out_dir`` and each split's threshold sweep. ``pnoc
+    ablate-cams`` and ``pnoc robustness`` score their generators through it too."""
+    return cams.run(
+        model,
+        datasets,
+        out_dir,
+        runtime,
+        scales=params.cams.scales,
+        flip=params.cams.flip,
+        thresholds=params.cams.thresholds.values(),
+    )
 
 
 def headline(sweeps: dict[str, ThresholdSweep], eval_split: str) -> dict:
@@ -46,15 +68,7 @@ def run() -> None:
         model = load_cam_model(paths.CAM_MODEL, runtime.torch_device)
         datasets = {split: open_dataset(p.data, split) for split in p.cams.splits}
         with shared_atomic_dir(paths.CAMS) as tmp:
-            sweeps = cams.run(
-                model,
-                datasets,
-                tmp,
-                runtime,
-                scales=p.cams.scales,
-                flip=p.cams.flip,
-                thresholds=p.cams.thresholds.values(),
-            )
+            sweeps = score_cams(p, model, datasets, tmp, runtime)
         if not ctx.world.is_main:
             return
         details = {

@@ -134,8 +134,11 @@ def robustness(
     methods: Annotated[list[str] | None, typer.Option("--method", "-m")] = None,
     seeds: Annotated[list[int] | None, typer.Option("--seed", "-s")] = None,
     datasets: Annotated[
-        Path, typer.Option(help="generated data sets: name -> generator params")
-    ] = Path("pipelines/robustness.yaml"),
+        Path | None,
+        typer.Option(
+            help="generated data sets: name -> generator params [pipelines/robustness.yaml]"
+        ),
+    ] = None,
     refine: Annotated[
         str,
         typer.Option(help="the method whose CAMs go on to pseudo-masks ('none': no refinement)"),

@@ -36,7 +36,6 @@ from typing import Any
 import mlflow
 import numpy as np
 
-from pnoc.cam.methods import METHODS
 from pnoc.config import Params, SyntheticParams, parse_params
 from pnoc.data.factory import open_dataset
 from pnoc.data.synthetic import generate_synthetic
@@ -47,7 +46,8 @@ from pnoc.steps import saliency, train_saliency
 from pnoc.tune.space import apply_overrides
 from pnoc.tune.trial_metrics import pseudo_mask_miou
 from pnoc_pipelines import tracking
-from pnoc_pipelines.ablate import generators, parse_settings, score_cams
+from pnoc_pipelines.ablate import check_methods, generators, parse_settings
+from pnoc_pipelines.cams import score_cams
 from pnoc_pipelines.common import read_yaml
 from pnoc_pipelines.generate import generator_kwargs
 
@@ -337,12 +337,7 @@ def robustness(
     settings: list[str] | None = None,
     refine: str | None = "pnoc",
 ) -> dict[str, Any]:
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods or not seeds:
-        raise ConfigError(
-            f"robustness: methods must be among {sorted(METHODS)} and at least one seed given "
-            f"(got methods={methods}, seeds={seeds})"
-        )
+    check_methods("robustness", methods, seeds)
     if refine is not None and refine not in methods:
         raise ConfigError(f"robustness: --refine '{refine}' is not among the methods {methods}")
     for item in settings or []:
@@ -394,7 +389,7 @@ def robustness(
             "split": split,
             "methods": methods,
             "seeds": seeds,
-            "datasets": {s.name: s.settings for s in specs},
+            "datasets": by_name,
             "overrides": overrides,
             "records": records,
             "summary": summarise(records, methods),
@@ -416,11 +411,19 @@ def run(
     methods: list[str],
     seeds: list[int],
     params_file: Path = Path("params.yaml"),
-    datasets_file: Path = DATASETS_FILE,
+    datasets_file: Path | None = None,
     settings: list[str] | None = None,
     refine: str | None = "pnoc",
 ) -> dict[str, Any]:
-    return robustness(params_file, datasets_file, methods, seeds, settings=settings, refine=refine)
+    """``datasets_file``: default :data:`DATASETS_FILE`."""
+    return robustness(
+        params_file,
+        datasets_file or DATASETS_FILE,
+        methods,
+        seeds,
+        settings=settings,
+        refine=refine,
+    )
 
 
 __all__ = ["DataSpec", "format_table", "read_datasets", "robustness", "run", "summarise"]
