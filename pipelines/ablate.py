@@ -123,15 +123,16 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_settings(settings: list[str]) -> dict[str, Any]:
-    """``["cam.output_stride=8", ...]`` -> ``{"cam.output_stride": 8}`` (values read as YAML)."""
+def parse_settings(settings: list[str], *, ablation: bool = True) -> dict[str, Any]:
+    """``["cam.output_stride=8", ...]`` -> ``{"cam.output_stride": 8}`` (values read as YAML).
+    ``ablation``: refuse generator params (an ablation trains on the data already generated)."""
     out: dict[str, Any] = {}
     for item in settings:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. cam.output_stride=8")
         key = key.strip()
-        if key == "data.synthetic" or key.startswith("data.synthetic."):
+        if ablation and (key == "data.synthetic" or key.startswith("data.synthetic.")):
             raise ConfigError(
                 f"--set {item!r}: the ablation trains on the dataset already generated in "
                 "data/synthetic; change data.synthetic in params.yaml and run "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -13,13 +12,6 @@ from typing import Annotated
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-
-
-def _env_with_venv() -> dict[str, str]:
-    """Stage commands call ``python``/``dvc``: make them this interpreter's."""
-    env = dict(os.environ)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    return env
 
 
 def _metrics_table() -> str:
@@ -89,7 +81,7 @@ def repro(
 
     from pnoc.config import flatten
     from pnoc_pipelines import tracking
-    from pnoc_pipelines.common import load_params
+    from pnoc_pipelines.common import load_params, venv_env
 
     params = load_params()  # fail on bad params before anything starts
     experiment_id = tracking.configure()
@@ -97,7 +89,7 @@ def repro(
     parent = tracking.find_or_create_pipeline_run(
         key, experiment_id, run_name="dvc repro", params=flatten(params)
     )
-    env = _env_with_venv() | {tracking.PIPELINE_ENV: key}
+    env = venv_env() | {tracking.PIPELINE_ENV: key}
     cmd = [sys.executable, "-m", "dvc", "repro", *(["--force"] if force else []), *(targets or [])]
     code = subprocess.call(cmd, env=env)
     MlflowClient().set_terminated(parent, status="FINISHED" if code == 0 else "FAILED")
@@ -161,6 +153,27 @@ def robustness(
         settings,
         refine=None if refine == "none" else refine,
     )
+    typer.echo(format_table(report))
+
+
+@app.command()
+def seeds(
+    seeds: Annotated[list[int] | None, typer.Option("--seed", "-s")] = None,
+    compare: Annotated[
+        list[str] | None,
+        typer.Option(help="other CAM methods trained per seed from its OC, e.g. vanilla, poc"),
+    ] = None,
+    params: Path = Path("params.yaml"),
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-S", help="KEY=VALUE params override for every seed"),
+    ] = None,
+) -> None:
+    """The whole chain (dvc repro up to evaluate) for each seed in runs/seeds/seed-N/, and every
+    stage's metric as mean ± std (reports/seeds.md, MLflow); nothing is registered."""
+    from pnoc_pipelines.seeds import format_table, run
+
+    report = run(seeds if seeds is not None else [0, 1, 2], params, compare, settings)
     typer.echo(format_table(report))
 
 

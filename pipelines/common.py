@@ -50,6 +50,14 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
 
 
+def venv_env() -> dict[str, str]:
+    """This environment with this interpreter's folder first on PATH: the stage commands
+    dvc.yaml names (``python -m …``) then run in the same venv, activated or not."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env
+
+
 def load_params(path: Path = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:
     """Read and validate params.yaml; a bad key stops here, before any work.
 

@@ -73,6 +73,7 @@ STARTED_TAG = "pnoc.pid_started"
 #: MLflow 3's experiment type: the UI opens a model-training experiment on its runs.
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 NOTE_TAG = "mlflow.note.content"
+PARENT_TAG = "mlflow.parentRunId"
 
 
 def configure(experiment: str = EXPERIMENT, root: Path | None = None) -> str:
@@ -239,12 +240,14 @@ def find_or_create_pipeline_run(
     run_name: str = "pipeline",
     owner: psutil.Process | None = None,
     params: Mapping[str, Any] | None = None,
+    parent_run_id: str | None = None,
 ) -> str:
     """The parent run of the pipeline execution identified by ``key``.
 
     A new one is tagged with its ``owner`` (default: this process, e.g. ``pnoc repro``), whose
     end without ending the run makes the run orphaned (:func:`end_orphaned_runs`), carries a
-    description and logs ``params`` (all of params.yaml, flat).
+    description and logs ``params`` (all of params.yaml, flat); ``parent_run_id`` nests it
+    (``pnoc seeds``: each seed's pipeline under the report's run).
     """
     client = MlflowClient()
     found = client.search_runs(
@@ -253,6 +256,8 @@ def find_or_create_pipeline_run(
     if found:
         return found[0].info.run_id
     tags = {PIPELINE_TAG: key, "pnoc.kind": "pipeline", **lineage_tags(), **owner_tags(owner)}
+    if parent_run_id:
+        tags[PARENT_TAG] = parent_run_id
     tags[NOTE_TAG] = PIPELINE_NOTE.format(
         commit=tags.get("mlflow.source.git.commit", "unknown")[:10],
         dataset=tags.get("pnoc.dataset_hash", "unknown"),

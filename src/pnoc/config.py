@@ -191,7 +191,7 @@ class PNOCParams(Section):
     lr_ratio: PositiveFloat = 0.19
     # The noc's BatchNorm in its own update: train mode (batch statistics, affine trained) or
     # frozen (running statistics and affine fixed, as the OC's and the authors' noc's).
-    noc_bn: NocBatchNorm = "train"
+    noc_bn: NocBatchNorm = "frozen"
 
 
 class CamParams(ClassifierParams):
