@@ -1,15 +1,23 @@
 """Cost of one CAM training step per method relative to a bare classifier step; CAM inference.
 
     PYTHONPATH=src python benchmarks/bench_cam_step.py [--backbone resnet50] [--batch-size 8]
-        [--size 128] [--iters 5] [--methods vanilla,puzzle,occse,poc,pnoc]
+        [--size 128] [--iters 5] [--methods vanilla,puzzle,occse,poc,pnoc] [--params params.yaml]
 
-Reference ("bare"): ``torchvision.models.<backbone>(num_classes=K)`` (output stride 32), forward,
+Reference ("bare"): ``torchvision.models.<backbone>(num_classes=K)`` or, for a model torchvision
+does not have, ``timm.create_model(<backbone>, num_classes=K)`` (output stride 32), forward,
 MLSM on its logits, backward (no optimizer step). Each method's step is a full
 ``Method.train_step`` with a minimal context doing ``backward``, the engine's SGD step
 (:func:`pnoc.engine.build_sgd`: Nesterov momentum 0.9, weight decay 1e-4, the authors' parameter
 groups) and ``zero_grad``, i.e. everything the engine does but its bookkeeping. Everything runs
 in this process on the CPU in float32; the bare step and the methods' steps run in turn, round
 after round, and each figure is the median of ``--iters`` rounds after ``--warmup`` rounds.
+
+``--params params.yaml`` builds every method from that file's ``cam`` section, as ``train_cam``
+does (:func:`pnoc.steps.train_cam.method_from_params`: the ramps, δ_noc, the mask's
+normalisation, the noc's BatchNorm mode, label smoothing), with its output strides
+(``cam``/``oc``), ``frozen_stages`` and ``channels_last`` unless the options below are given;
+``--backbone`` still picks the network (random init: nothing is downloaded). The bare reference
+is torchvision's model of that name, else timm's (``efficientnet_lite0``).
 
 ``--oc-output-stride 32`` runs the OC/noc as a plain classifier (it only feeds logits to the
 loss); ``--frozen-stages 1|2`` keeps the stem (and the stride-4 stage) of the generator and the
@@ -39,6 +47,7 @@ from pnoc.cam.methods import build_method
 from pnoc.cam.schedules import Ramp
 from pnoc.engine import build_sgd
 from pnoc.models.cam import CAMNet
+from pnoc.steps.train_cam import method_from_params
 
 ALL_METHODS = ("vanilla", "puzzle", "occse", "poc", "pnoc")
 
@@ -111,10 +120,20 @@ def make_batch(batch_size: int, size: int, num_classes: int) -> dict[str, Any]:
     }
 
 
+def bare_source(backbone: str) -> str:
+    return "torchvision" if hasattr(torchvision.models, backbone) else "timm"
+
+
 def bare_step(
     args: argparse.Namespace, batch: dict[str, Any], channels_last: bool = False
 ) -> Callable[[], None]:
-    net = getattr(torchvision.models, args.backbone)(num_classes=args.num_classes).train()
+    if bare_source(args.backbone) == "torchvision":
+        net = getattr(torchvision.models, args.backbone)(num_classes=args.num_classes)
+    else:
+        import timm
+
+        net = timm.create_model(args.backbone, num_classes=args.num_classes)
+    net = net.train()
     x, y = batch["image"], batch["labels"]
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -139,6 +158,8 @@ def build(args: argparse.Namespace, name: str) -> CAMMethod:
     oc = None
     if name in ("occse", "poc", "pnoc"):
         oc = CAMNet(args.backbone, args.num_classes, output_stride=args.oc_output_stride)
+    if args.cam is not None:
+        return method_from_params(args.cam.model_copy(update={"method": name}), model, oc)
     return build_method(
         name,
         model,
@@ -185,19 +206,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--methods", default=",".join(ALL_METHODS))
     p.add_argument("--num-classes", type=int, default=20)
-    p.add_argument("--output-stride", type=int, default=16, help="generator output stride")
+    p.add_argument(
+        "--params",
+        default=None,
+        help="build the methods from this params file's cam section (e.g. params.yaml)",
+    )
+    p.add_argument(
+        "--output-stride", type=int, default=None, help="generator output stride (default 16)"
+    )
     p.add_argument(
         "--oc-output-stride", type=int, default=None, help="OC/noc output stride (default: same)"
     )
     p.add_argument(
         "--frozen-stages",
         type=int,
-        default=0,
+        default=None,
         help="backbone stages kept fixed in the generator and the noc (0, 1 stem, 2 + stride 4)",
     )
     p.add_argument(
         "--channels-last",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="methods' networks and batch in channels-last (the bare reference stays contiguous)",
     )
     p.add_argument("--scales", default=",".join(str(s) for s in DEFAULT_SCALES))
@@ -208,7 +237,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.scales = tuple(float(s) for s in args.scales.split(","))
-    args.oc_output_stride = args.oc_output_stride or args.output_stride
+    args.cam = None
+    file_oc_stride = None
+    if args.params:
+        import yaml
+
+        from pnoc.config import parse_params
+
+        with open(args.params) as f:
+            params = parse_params(yaml.safe_load(f), source=args.params)
+        args.cam, file_oc_stride = params.cam, params.oc.output_stride
+        for key in ("output_stride", "frozen_stages", "channels_last"):
+            if getattr(args, key) is None:
+                setattr(args, key, getattr(params.cam, key))
+    args.output_stride = args.output_stride or 16
+    args.frozen_stages = args.frozen_stages or 0
+    args.channels_last = bool(args.channels_last)
+    args.oc_output_stride = args.oc_output_stride or file_oc_stride or args.output_stride
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(ALL_METHODS))
     if unknown:
@@ -221,9 +266,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"frozen stages {args.frozen_stages}, "
         f"{'channels-last' if args.channels_last else 'contiguous'}, "
         f"{torch.get_num_threads()} threads, median of {args.iters} after {args.warmup} warm-up"
+        + (f", methods as {args.params}'s cam section" if args.params else "")
     )
-    results: dict[str, Any] = {"config": {k: v for k, v in vars(args).items() if k != "json"}}
-    bare_label = "bare fwd+bwd (torchvision, OS 32)"
+    config = {k: v for k, v in vars(args).items() if k not in ("json", "cam")}
+    results: dict[str, Any] = {"config": config}
+    bare_label = f"bare fwd+bwd ({bare_source(args.backbone)}, OS 32)"
     steps = {bare_label: bare_step(args, batch)}
     if args.channels_last:
         steps["bare, channels-last"] = bare_step(args, batch, channels_last=True)

@@ -31,3 +31,34 @@ def test_bench_cam_step_reports_every_method(tmp_path: Path, monkeypatch) -> Non
         assert abs(figures["images_per_s"] - 2 / figures["seconds"]) < 1e-9
     assert results["inference"]["images_per_s"] > 0
     assert json.loads(out.read_text())["config"]["frozen_stages"] == 2
+
+
+def test_bench_cam_step_builds_methods_from_a_params_file(tmp_path: Path, monkeypatch) -> None:
+    """``--params``: the methods as train_cam builds them from the file's cam section, and for a
+    model torchvision does not have, timm's as the bare reference."""
+    import yaml
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("bench_cam_step", None)
+    import bench_cam_step
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"cam": {"output_stride": 32, "pnoc": {"noc_bn": "frozen"}}}))
+    built = {}
+    real = bench_cam_step.method_from_params
+
+    def spy(cfg, model, oc):
+        built[cfg.method] = cfg
+        return real(cfg, model, oc)
+
+    monkeypatch.setattr(bench_cam_step, "method_from_params", spy)
+    results = bench_cam_step.main(
+        [
+            "--backbone", "efficientnet_lite0", "--batch-size", "2", "--size", "64",
+            "--num-classes", "3", "--iters", "1", "--warmup", "0", "--methods", "pnoc",
+            "--params", str(params), "--no-inference",
+        ]
+    )  # fmt: skip
+    assert set(results["steps"]) == {"bare fwd+bwd (timm, OS 32)", "pnoc"}
+    assert results["config"]["output_stride"] == 32  # from the file
+    assert built["pnoc"].pnoc.noc_bn == "frozen" and built["pnoc"].method == "pnoc"

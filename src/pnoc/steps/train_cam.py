@@ -29,6 +29,26 @@ class TrainedCAM:
     result: FitResult
 
 
+def method_from_params(cfg: ClassifierParams, model: CAMNet, oc: CAMNet | None = None) -> Any:
+    """The training method ``cfg`` describes around ``model``: vanilla for the OC's params,
+    ``cam.method`` with its ramps, δ_noc, mask normalisation and noc BatchNorm mode for the
+    generator's (``oc``: the trained ordinary classifier, for occse, poc and pnoc)."""
+    if not isinstance(cfg, CamParams):
+        return build_method("vanilla", model, label_smoothing=cfg.label_smoothing)
+    return build_method(
+        cfg.method,
+        model,
+        label_smoothing=cfg.label_smoothing,
+        oc=oc,
+        alpha_p=Ramp.from_config(cfg.puzzle.alpha),
+        alpha_oc=Ramp.from_config(cfg.occse.alpha),
+        ow=Ramp.from_config(cfg.pnoc.ow),
+        mask_threshold=cfg.pnoc.mask_threshold,
+        mask_norm=cfg.occse.mask_norm,
+        noc_bn=cfg.pnoc.noc_bn,
+    )
+
+
 def run(
     cfg: ClassifierParams,
     dataset: Any,
@@ -44,21 +64,8 @@ def run(
     """
     runtime.seed_all()
     randaugment = None
-    method_name = "vanilla"
-    method_kw: dict[str, Any] = {}
     if isinstance(cfg, OCParams):
         randaugment = (cfg.randaugment.n, cfg.randaugment.m) if cfg.randaugment.n else None
-    if isinstance(cfg, CamParams):
-        method_name = cfg.method
-        method_kw = dict(
-            oc=oc.to(runtime.torch_device) if oc is not None else None,
-            alpha_p=Ramp.from_config(cfg.puzzle.alpha),
-            alpha_oc=Ramp.from_config(cfg.occse.alpha),
-            ow=Ramp.from_config(cfg.pnoc.ow),
-            mask_threshold=cfg.pnoc.mask_threshold,
-            mask_norm=cfg.occse.mask_norm,
-            noc_bn=cfg.pnoc.noc_bn,
-        )
     transform = classification_train_transform(
         image_size, randaugment, scale_range=tuple(cfg.scale_range)
     )
@@ -69,7 +76,7 @@ def run(
         output_stride=cfg.output_stride,
         frozen_stages=cfg.frozen_stages,
     )
-    method = build_method(method_name, model, label_smoothing=cfg.label_smoothing, **method_kw)
+    method = method_from_params(cfg, model, oc.to(runtime.torch_device) if oc is not None else None)
     optimizers = {"generator": sgd(model, cfg)}
     noc = method.modules().get("noc")
     if noc is not None:
