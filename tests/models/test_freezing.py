@@ -68,7 +68,8 @@ def test_the_noc_keeps_the_generators_frozen_stages() -> None:
     torch.manual_seed(0)
     generator = CAMNet("resnet18", 3, output_stride=16, frozen_stages=2)
     oc = CAMNet("resnet18", 3, output_stride=32)
-    noc = build_method("pnoc", generator, oc=oc).modules()["noc"]
+    # noc_bn="train": its BatchNorms train too, so frozen stages alone decide requires_grad
+    noc = build_method("pnoc", generator, oc=oc, noc_bn="train").modules()["noc"]
     assert noc.backbone.frozen_stages == 2
     frozen = _stage_params(noc.backbone, 2)
     assert all(p.requires_grad == (id(p) not in frozen) for p in noc.parameters())
