@@ -241,7 +241,7 @@ class SaliencyParams(SGDParams):
     backbone: BackboneName = "efficientnet_lite0"
     weights: str | None = "pypi"
     output_stride: OutputStride = 16
-    epochs: PositiveInt = 3
+    epochs: PositiveInt = 20
     batch_size: PositiveInt = 16
     lr: PositiveFloat = 0.01
     weight_decay: NonNegFloat = 1e-4
