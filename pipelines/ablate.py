@@ -13,7 +13,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from statistics import mean, stdev
 from typing import Any
 
 import mlflow
@@ -28,7 +27,7 @@ from pnoc.io import write_json
 from pnoc.steps import train_cam
 from pnoc_pipelines import paths, tracking
 from pnoc_pipelines.cams import score_cams
-from pnoc_pipelines.common import load_params
+from pnoc_pipelines.common import load_params, mean_std
 
 
 def generators(
@@ -99,8 +98,7 @@ def ablate_cams(
         summary = {
             m: {
                 "per_seed": {str(s): v for s, v in r.items()},
-                "mean": mean(r.values()),
-                "std": stdev(r.values()) if len(r) > 1 else 0.0,
+                **mean_std(r.values()),
             }
             for m, r in results.items()
         }

@@ -21,8 +21,9 @@ import logging
 import os
 import shutil
 import signal
+import statistics
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,12 @@ def read_yaml(path: Path) -> Any:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def mean_std(values: Iterable[float]) -> dict[str, float]:
+    """``mean`` and sample ``std`` of ``values`` over seeds (std 0 for a single value)."""
+    vs = list(values)
+    return {"mean": statistics.mean(vs), "std": statistics.stdev(vs) if len(vs) > 1 else 0.0}
 
 
 def venv_env() -> dict[str, str]:

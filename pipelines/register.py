@@ -22,7 +22,7 @@ from pnoc.errors import PnocError
 from pnoc.io import write_json
 from pnoc_pipelines import paths
 from pnoc_pipelines.common import main, stage
-from pnoc_pipelines.tracking import log_headline
+from pnoc_pipelines.tracking import PARENT_TAG, log_headline
 
 
 def read_metric(path: Path, key: str) -> float | None:
@@ -65,7 +65,7 @@ def version_tags(run_id: str) -> dict[str, str]:
         "pnoc.git_commit": lineage.get("mlflow.source.git.commit"),
         "pnoc.git_dirty": lineage.get("pnoc.git_dirty"),
         "pnoc.dataset_hash": lineage.get("pnoc.dataset_hash"),
-        "pnoc.pipeline_run_id": run_tags.get("mlflow.parentRunId"),
+        "pnoc.pipeline_run_id": run_tags.get(PARENT_TAG),
         "pnoc.stage_run_id": run_id,
     }
     return {k: v for k, v in tags.items() if v}

@@ -30,7 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import mean, stdev
+from statistics import mean
 from typing import Any
 
 import mlflow
@@ -48,7 +48,7 @@ from pnoc.tune.trial_metrics import pseudo_mask_miou
 from pnoc_pipelines import tracking
 from pnoc_pipelines.ablate import check_methods, generators, parse_settings
 from pnoc_pipelines.cams import score_cams
-from pnoc_pipelines.common import read_yaml
+from pnoc_pipelines.common import mean_std, read_yaml
 from pnoc_pipelines.generate import generator_kwargs
 
 DATASETS_FILE = Path("pipelines/robustness.yaml")
@@ -142,11 +142,7 @@ def map_quality(sweep: Any) -> dict[str, float]:
 
 
 def _summary(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": mean(values),
-        "std": stdev(values) if len(values) > 1 else 0.0,
-        "n": len(values),
-    }
+    return {**mean_std(values), "n": len(values)}
 
 
 def summarise(records: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:

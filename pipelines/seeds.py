@@ -26,7 +26,6 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
-from statistics import mean, stdev
 from typing import Any
 
 import mlflow
@@ -45,7 +44,7 @@ from pnoc.tune.space import apply_overrides
 from pnoc_pipelines import paths, tracking
 from pnoc_pipelines.ablate import parse_settings
 from pnoc_pipelines.cams import score_cams
-from pnoc_pipelines.common import read_yaml, venv_env
+from pnoc_pipelines.common import mean_std, read_yaml, venv_env
 
 SEEDS_DIR = Path("runs/seeds")
 REPORT = Path("reports/seeds.json")
@@ -136,30 +135,27 @@ def compare_methods(ws: Path, params: Params, methods: list[str]) -> dict[str, f
     """Each method's CAM mIoU on ``cams.eval_split`` for the workspace's seed: the generator
     trained from the workspace's ordinary classifier (``models/oc.pt``) by the ``train_cam``
     library call, its CAMs scored as the ``cams`` stage scores them. Kept per params."""
-    out: dict[str, float] = {}
     split = params.cams.eval_split
-    todo = []
-    for method in methods:
-        kept = _compare_path(ws, params, method)
-        if kept.is_file():
-            out[method] = json.loads(kept.read_text())["miou"]
-        else:
-            todo.append(method)
+    kept = {m: _compare_path(ws, params, m).resolve() for m in methods}
+    out = {m: json.loads(p.read_text())["miou"] for m, p in kept.items() if p.is_file()}
+    todo = [m for m in methods if m not in out]
     if not todo:
         return out
     runtime = Runtime.from_params(params.base)
-    for method in todo:
-        with contextlib.chdir(ws):  # the data and models where the workspace's stages put them
-            train = open_dataset(params.data, params.data.train_split)
-            evaluation = open_dataset(params.data, split)
+    with contextlib.chdir(ws):  # the data and models where the workspace's stages put them
+        train = open_dataset(params.data, params.data.train_split)
+        evaluation = open_dataset(params.data, split)
+        for method in todo:
             cfg = params.cam.model_copy(update={"method": method})
-            oc = load_cam_model(paths.OC_MODEL)
+            oc = load_cam_model(paths.OC_MODEL)  # fresh per method, as the stage loads it
             trained = train_cam.run(cfg, train, runtime, image_size=params.data.image_size, oc=oc)
             with tempfile.TemporaryDirectory(prefix="pnoc-seeds-") as cam_dir:
                 sweep = score_cams(params, trained.model, {split: evaluation}, cam_dir, runtime)
-        out[method] = sweep[split].best_miou
-        write_json(_compare_path(ws, params, method), {"method": method, "miou": out[method]})
-        print(f"seed {params.base.seed} {method:8s} CAM mIoU {100 * out[method]:.2f}", flush=True)
+            out[method] = sweep[split].best_miou
+            write_json(kept[method], {"method": method, "miou": out[method]})
+            print(
+                f"seed {params.base.seed} {method:8s} CAM mIoU {100 * out[method]:.2f}", flush=True
+            )
     return out
 
 
@@ -169,11 +165,9 @@ def summarise(per_seed: dict[int, dict[str, float]]) -> dict[str, dict[str, Any]
     out = {}
     for label in labels:
         values = {s: m[label] for s, m in per_seed.items() if label in m}
-        vs = list(values.values())
         out[label] = {
             "per_seed": {str(s): v for s, v in values.items()},
-            "mean": mean(vs),
-            "std": stdev(vs) if len(vs) > 1 else 0.0,
+            **mean_std(values.values()),
         }
     return out
 

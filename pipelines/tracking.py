@@ -321,7 +321,7 @@ def log_artifacts(*files: Path) -> None:
 
 def _parent_run_id() -> str | None:
     run = mlflow.active_run()
-    return run.data.tags.get("mlflow.parentRunId") if run is not None else None
+    return run.data.tags.get(PARENT_TAG) if run is not None else None
 
 
 def log_headline(metrics: Mapping[str, float | None]) -> None:
